@@ -75,13 +75,17 @@ typedef enum proto_rc {
     PROTO_EMAGIC,     /* not a request magic: close without a reply */
     PROTO_EINVAL,     /* bad shape: reply EINVAL, then close */
     PROTO_EUNKNOWN,   /* unknown opcode: reply UNKNOWN, skip the body */
-    PROTO_E2BIG       /* value over max_value: reply E2BIG, skip the body */
+    PROTO_E2BIG,      /* value over max_value: reply E2BIG, skip the body */
+    PROTO_EFRAME      /* extlen + keylen > bodylen: reply UNKNOWN, then
+                         close (memcached's answer to a broken frame) */
 } proto_rc_e;
 
 /* A decoded request; every pointer aims into the caller's buffer. */
 struct proto_bin_req {
     uint8_t        opcode;     /* as sent, e.g. SETQ */
-    uint8_t        base_op;    /* quiet folded away, e.g. SET */
+    uint8_t        base_op;    /* quiet and key echo folded away:
+                                  SETQ -> SET, GETKQ -> GET, GATK -> GAT;
+                                  unknown and SASL opcodes: as sent */
     bool           quiet;      /* a quiet variant (GETQ, SETQ, ...) */
     bool           want_key;   /* GETK, GETKQ, GATK, GATKQ */
     uint8_t        datatype;
@@ -98,7 +102,9 @@ struct proto_bin_req {
     /* extras, decoded when the opcode has them */
     uint32_t       flags;      /* SET/ADD/REPLACE */
     uint32_t       exptime;    /* SET.., INCR/DECR, TOUCH/GAT, FLUSH */
-    bool           has_exptime;/* FLUSH with its 4-byte extras */
+    bool           has_exptime;/* an exptime was sent: always for SET..,
+                                  INCR/DECR, TOUCH/GAT; FLUSH only with
+                                  its 4-byte extras */
     uint64_t       delta;      /* INCR/DECR */
     uint64_t       initial;    /* INCR/DECR */
 };
@@ -107,8 +113,15 @@ struct proto_bin_req {
  * Decodes one request from buf[0, len). PROTO_OK: *used = its size.
  * PROTO_NEED_MORE: *used = the size needed so far (at least len + 1).
  * PROTO_EUNKNOWN / PROTO_E2BIG: *used = 24 and rq->bodylen bytes follow that
- * the caller must skip. PROTO_EINVAL / PROTO_EMAGIC: *used is undefined.
- * Only the header is needed to return anything but OK.
+ * the caller must skip. PROTO_EINVAL / PROTO_EFRAME / PROTO_EMAGIC: *used is
+ * undefined. Only the header is needed to return anything but OK.
+ * Checks run in memcached's order: magic, extlen + keylen > bodylen, keylen
+ * > 250, unknown opcode, the opcode's shape (SASL: then UNKNOWN), value
+ * over max_value (value-carrying opcodes only).
+ * Except after EMAGIC, rq's header fields (opcode, opaque, ...) are filled
+ * for every rc but NEED_MORE-before-24-bytes, so an error reply can echo
+ * them; extras/key/value and the decoded extras are set only on PROTO_OK.
+ * Pure: reads only buf[0, len), writes only *rq and *used.
  */
 proto_rc_e proto_bin_decode(const uint8_t *buf, size_t len, size_t max_value,
                             struct proto_bin_req *rq, size_t *used);
@@ -121,8 +134,14 @@ void proto_bin_encode_header(uint8_t out[PROTO_BIN_HDR], uint8_t opcode,
                              uint16_t status, uint8_t extlen, uint16_t keylen,
                              uint32_t vlen, uint32_t opaque, uint64_t cas);
 
-/* memcached's error text for a status ("Not found", ...), "" for OK. */
+/*
+ * memcached's error text for a status ("Not found", ...), "" for OK and
+ * AUTH_CONTINUE, "UNHANDLED ERROR" for a status memcached has no text for.
+ */
 const char *proto_bin_status_text(uint16_t status);
+
+/* A short English description of rc, for logs. */
+const char *proto_strerror(proto_rc_e rc);
 
 /* Stores v big-endian at p. */
 void proto_put_u32(uint8_t *p, uint32_t v);

@@ -47,4 +47,52 @@ int tu_closed(int fd, int timeout_ms);
 /* Sets the receive timeout of fd in milliseconds. */
 void tu_set_timeout(int fd, int ms);
 
+/* Runs stashd with exactly args (argv[1..], NULL-terminated) and waits up
+ * to timeout_ms; its stderr goes to err (cap bytes, NUL-terminated, may be
+ * NULL). Returns the exit status, 128 + signal, or -1 if it had to be
+ * killed at the deadline. */
+int tu_run(const char *const *args, char *err, size_t cap, int timeout_ms);
+
+/* VmRSS of pid in kB from /proc/<pid>/status, or -1. */
+long tu_rss_kb(pid_t pid);
+
+/* Reads whatever arrives until the peer stays silent for idle_ms, closes,
+ * or cap bytes are in; returns the bytes read, *closed = 1 if it closed. */
+size_t tu_recv_idle(int fd, void *buf, size_t cap, int idle_ms, int *closed);
+
+/* A binary protocol packet as the tests see it (header fields host order,
+ * pointers into the caller's buffer). */
+struct tu_bin {
+    uint8_t        magic;
+    uint8_t        opcode;
+    uint16_t       keylen;
+    uint8_t        extlen;
+    uint8_t        datatype;
+    uint16_t       status;    /* vbucket in a request */
+    uint32_t       bodylen;
+    uint32_t       opaque;
+    uint64_t       cas;
+    const uint8_t *extras;
+    const uint8_t *key;
+    const uint8_t *value;
+    uint32_t       vlen;
+};
+
+/* Encodes a request (magic 0x80) into out; returns its size, 0 if it does
+ * not fit in cap. Lengths are taken from the arguments as given. */
+size_t tu_bin_req(uint8_t *out, size_t cap, uint8_t opcode, const void *ext,
+                  uint8_t extlen, const void *key, uint16_t keylen,
+                  const void *val, uint32_t vlen, uint32_t opaque,
+                  uint64_t cas);
+
+/* Decodes the packet at buf[0, len); returns its size, 0 if incomplete or
+ * inconsistent (extlen + keylen > bodylen). */
+size_t tu_bin_parse(const uint8_t *buf, size_t len, struct tu_bin *p);
+
+/* Big-endian stores and loads. */
+void tu_put32(uint8_t *p, uint32_t v);
+void tu_put64(uint8_t *p, uint64_t v);
+uint32_t tu_get32(const uint8_t *p);
+uint64_t tu_get64(const uint8_t *p);
+
 #endif

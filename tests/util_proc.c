@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -72,6 +73,19 @@ sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+/* In a child: a test that fails (and exits) before stopping its server
+ * takes the server with it, so no stray stashd outlives a run. */
+static void
+die_with_parent(void)
+{
+    pid_t parent = getppid();
+
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) {
+        _exit(127);
+    }
+}
+
 pid_t
 tu_server_start(const char *const *args, uint16_t *port)
 {
@@ -100,6 +114,7 @@ tu_server_start(const char *const *args, uint16_t *port)
             return -1;
         }
         if (pid == 0) {
+            die_with_parent();
             execv(argv[0], (char *const *)argv);
             _exit(127);
         }
@@ -269,4 +284,221 @@ tu_closed(int fd, int timeout_ms)
         return 0;
     }
     return recv(fd, &c, 1, MSG_DONTWAIT) == 0;
+}
+
+int
+tu_run(const char *const *args, char *err, size_t cap, int timeout_ms)
+{
+    const char *argv[64];
+    int pfd[2];
+    int n = 0;
+    int st;
+    size_t got = 0;
+    pid_t pid;
+
+    argv[n++] = tu_bin();
+    for (int i = 0; args != NULL && args[i] != NULL && n < 63; i++) {
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    if (pipe(pfd) != 0) {
+        return -1;
+    }
+    pid = fork();
+    if (pid < 0) {
+        close(pfd[0]);
+        close(pfd[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        die_with_parent();
+        dup2(pfd[1], STDERR_FILENO);
+        close(pfd[0]);
+        close(pfd[1]);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(pfd[1]);
+    for (int waited = 0; waited < timeout_ms; waited += 10) {
+        struct pollfd p = { pfd[0], POLLIN, 0 };
+        pid_t r;
+
+        /* Drain stderr so a chatty child never blocks on a full pipe. */
+        while (poll(&p, 1, 0) > 0) {
+            char tmp[512];
+            ssize_t k = read(pfd[0], tmp, sizeof(tmp));
+
+            if (k <= 0) {
+                break;
+            }
+            for (ssize_t j = 0; j < k; j++) {
+                if (err != NULL && got + 1 < cap) {
+                    err[got++] = tmp[j];
+                }
+            }
+        }
+        r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) {
+            char tmp[512];
+            ssize_t k;
+
+            while ((k = read(pfd[0], tmp, sizeof(tmp))) > 0) {
+                for (ssize_t j = 0; j < k; j++) {
+                    if (err != NULL && got + 1 < cap) {
+                        err[got++] = tmp[j];
+                    }
+                }
+            }
+            close(pfd[0]);
+            if (err != NULL && cap > 0) {
+                err[got] = '\0';
+            }
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        sleep_ms(10);
+    }
+    tu_server_kill(pid);
+    close(pfd[0]);
+    if (err != NULL && cap > 0) {
+        err[got] = '\0';
+    }
+    return -1;
+}
+
+long
+tu_rss_kb(pid_t pid)
+{
+    char path[64];
+    char line[256];
+    long kb = -1;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+    f = fopen(path, "r");
+    if (f == NULL) {
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kb = strtol(line + 6, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return kb;
+}
+
+size_t
+tu_recv_idle(int fd, void *buf, size_t cap, int idle_ms, int *closed)
+{
+    char *c = buf;
+    size_t got = 0;
+
+    *closed = 0;
+    while (got < cap) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        ssize_t r;
+
+        if (poll(&p, 1, idle_ms) <= 0) {
+            break;
+        }
+        r = recv(fd, c + got, cap - got, MSG_DONTWAIT);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (r <= 0) {
+            *closed = 1;   /* EOF, or a reset: the peer is gone either way */
+            break;
+        }
+        got += (size_t)r;
+    }
+    return got;
+}
+
+void
+tu_put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+void
+tu_put64(uint8_t *p, uint64_t v)
+{
+    tu_put32(p, (uint32_t)(v >> 32));
+    tu_put32(p + 4, (uint32_t)v);
+}
+
+uint32_t
+tu_get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+           (uint32_t)p[2] << 8 | p[3];
+}
+
+uint64_t
+tu_get64(const uint8_t *p)
+{
+    return (uint64_t)tu_get32(p) << 32 | tu_get32(p + 4);
+}
+
+size_t
+tu_bin_req(uint8_t *out, size_t cap, uint8_t opcode, const void *ext,
+           uint8_t extlen, const void *key, uint16_t keylen, const void *val,
+           uint32_t vlen, uint32_t opaque, uint64_t cas)
+{
+    size_t n = 24 + (size_t)extlen + keylen + vlen;
+
+    if (n > cap) {
+        return 0;
+    }
+    out[0] = 0x80;
+    out[1] = opcode;
+    out[2] = (uint8_t)(keylen >> 8);
+    out[3] = (uint8_t)keylen;
+    out[4] = extlen;
+    out[5] = 0;
+    out[6] = 0;
+    out[7] = 0;
+    tu_put32(out + 8, (uint32_t)(n - 24));
+    tu_put32(out + 12, opaque);
+    tu_put64(out + 16, cas);
+    if (extlen > 0) {
+        memcpy(out + 24, ext, extlen);
+    }
+    if (keylen > 0) {
+        memcpy(out + 24 + extlen, key, keylen);
+    }
+    if (vlen > 0) {
+        memcpy(out + 24 + extlen + keylen, val, vlen);
+    }
+    return n;
+}
+
+size_t
+tu_bin_parse(const uint8_t *buf, size_t len, struct tu_bin *p)
+{
+    if (len < 24) {
+        return 0;
+    }
+    p->magic = buf[0];
+    p->opcode = buf[1];
+    p->keylen = (uint16_t)(buf[2] << 8 | buf[3]);
+    p->extlen = buf[4];
+    p->datatype = buf[5];
+    p->status = (uint16_t)(buf[6] << 8 | buf[7]);
+    p->bodylen = tu_get32(buf + 8);
+    p->opaque = tu_get32(buf + 12);
+    p->cas = tu_get64(buf + 16);
+    if ((uint64_t)p->extlen + p->keylen > p->bodylen ||
+        len - 24 < p->bodylen) {
+        return 0;
+    }
+    p->extras = buf + 24;
+    p->key = buf + 24 + p->extlen;
+    p->value = p->key + p->keylen;
+    p->vlen = p->bodylen - p->extlen - p->keylen;
+    return 24 + (size_t)p->bodylen;
 }

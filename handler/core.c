@@ -1,0 +1,192 @@
+/*
+ * Protocol-neutral operations. Every counter memcached keeps per command is
+ * bumped here, once, so text and binary agree on what stats say.
+ */
+#include "handler/core.h"
+
+#include <string.h>
+
+uint32_t
+handler_exptime(int64_t ttl, uint32_t now)
+{
+    if (ttl == 0) {
+        return 0;
+    }
+    if (ttl < 0) {
+        return 1;   /* already expired: any time before now */
+    }
+    if (ttl > HANDLER_MAX_RELATIVE) {
+        return ttl > UINT32_MAX ? UINT32_MAX : (uint32_t)ttl;
+    }
+    if ((uint64_t)now + (uint64_t)ttl > UINT32_MAX) {
+        return UINT32_MAX;
+    }
+    return now + (uint32_t)ttl;
+}
+
+struct store_call
+hcore_call(struct hctx *cx)
+{
+    struct store_call c = { cx->now, &cx->out->sink, cx->wait, false };
+
+    return c;
+}
+
+void
+hcore_after(struct hctx *cx, const struct store_call *c)
+{
+    if (c->pending) {
+        cx->pending++;
+    }
+}
+
+bool
+hcore_too_large(const struct hctx *cx, size_t keylen, uint32_t flags,
+                size_t vlen)
+{
+    /* memcached 1.6 on 64-bit: a 48-byte item header, the key and its NUL,
+     * the flags only when non-zero, the value and its \r\n, and the CAS. */
+    size_t total = 48 + keylen + 1 + (flags != 0 ? 4 : 0) + vlen + 2 + 8;
+
+    return total > cx->set->item_size_max;
+}
+
+store_rc_e
+hcore_get(struct hctx *cx, const void *key, size_t keylen,
+          const uint32_t *touch, struct store_item *out)
+{
+    struct store_call c = hcore_call(cx);
+    struct store_key k = { key, keylen };
+    store_rc_e rc = cx->ops->get(cx->thr, &c, &k, touch, out);
+
+    hcore_after(cx, &c);
+    if (touch != NULL) {
+        HSTAT_INC(cx->st, cmd_touch);
+        if (rc == STORE_OK) {
+            HSTAT_INC(cx->st, touch_hits);
+        } else {
+            HSTAT_INC(cx->st, touch_misses);
+        }
+    } else {
+        HSTAT_INC(cx->st, cmd_get);
+        if (rc == STORE_OK) {
+            HSTAT_INC(cx->st, get_hits);
+        } else {
+            HSTAT_INC(cx->st, get_misses);
+        }
+    }
+    return rc;
+}
+
+store_rc_e
+hcore_store(struct hctx *cx, store_mode_e m, const void *key, size_t keylen,
+            const void *val, size_t vlen, uint32_t flags, uint32_t exptime,
+            uint64_t cas, uint64_t *cas_out)
+{
+    struct store_call c = hcore_call(cx);
+    struct store_key k = { key, keylen };
+    struct store_item in = { val, (uint32_t)vlen, flags, exptime, cas, NULL };
+    store_rc_e rc;
+
+    HSTAT_INC(cx->st, cmd_set);
+    if (hcore_too_large(cx, keylen, flags, vlen)) {
+        rc = STORE_E2BIG;
+    } else {
+        rc = cx->ops->store(cx->thr, &c, m, &k, &in, cas_out);
+        hcore_after(cx, &c);
+    }
+    if (rc == STORE_E2BIG) {
+        HSTAT_INC(cx->st, store_too_large);
+    } else if (rc == STORE_ENOMEM) {
+        HSTAT_INC(cx->st, store_no_memory);
+    }
+    if ((rc == STORE_E2BIG || rc == STORE_ENOMEM) && m == STORE_SET) {
+        /* memcached drops the old value when a set fails to allocate, so
+         * a reader never sees data the client meant to replace. */
+        struct store_call d = hcore_call(cx);
+
+        (void)cx->ops->del(cx->thr, &d, &k, 0);
+        hcore_after(cx, &d);
+    }
+    if (cas != 0) {
+        if (rc == STORE_OK) {
+            HSTAT_INC(cx->st, cas_hits);
+        } else if (rc == STORE_EEXISTS) {
+            HSTAT_INC(cx->st, cas_badval);
+        } else if (rc == STORE_ENOENT) {
+            HSTAT_INC(cx->st, cas_misses);
+        }
+    }
+    return rc;
+}
+
+store_rc_e
+hcore_delete(struct hctx *cx, const void *key, size_t keylen, uint64_t cas)
+{
+    struct store_call c = hcore_call(cx);
+    struct store_key k = { key, keylen };
+    store_rc_e rc = cx->ops->del(cx->thr, &c, &k, cas);
+
+    hcore_after(cx, &c);
+    if (rc == STORE_OK || rc == STORE_EEXISTS) {
+        HSTAT_INC(cx->st, delete_hits);
+    } else if (rc == STORE_ENOENT) {
+        HSTAT_INC(cx->st, delete_misses);
+    }
+    return rc;
+}
+
+store_rc_e
+hcore_arith(struct hctx *cx, const void *key, size_t keylen,
+            const struct store_delta *d, uint64_t *value, uint64_t *cas_out)
+{
+    struct store_call c = hcore_call(cx);
+    struct store_key k = { key, keylen };
+    store_rc_e rc = cx->ops->arith(cx->thr, &c, &k, d, value, cas_out);
+
+    hcore_after(cx, &c);
+    if (rc == STORE_ENOENT) {
+        if (d->decr) {
+            HSTAT_INC(cx->st, decr_misses);
+        } else {
+            HSTAT_INC(cx->st, incr_misses);
+        }
+    } else if (rc == STORE_OK || rc == STORE_EDELTA || rc == STORE_EEXISTS) {
+        if (d->decr) {
+            HSTAT_INC(cx->st, decr_hits);
+        } else {
+            HSTAT_INC(cx->st, incr_hits);
+        }
+    }
+    return rc;
+}
+
+store_rc_e
+hcore_touch(struct hctx *cx, const void *key, size_t keylen,
+            uint32_t exptime)
+{
+    struct store_call c = hcore_call(cx);
+    struct store_key k = { key, keylen };
+    store_rc_e rc = cx->ops->touch(cx->thr, &c, &k, exptime);
+
+    hcore_after(cx, &c);
+    HSTAT_INC(cx->st, cmd_touch);
+    if (rc == STORE_OK) {
+        HSTAT_INC(cx->st, touch_hits);
+    } else {
+        HSTAT_INC(cx->st, touch_misses);
+    }
+    return rc;
+}
+
+store_rc_e
+hcore_flush(struct hctx *cx, int64_t delay)
+{
+    struct store_call c = hcore_call(cx);
+    uint32_t when = delay > 0 ? handler_exptime(delay, cx->now) : cx->now;
+    store_rc_e rc = cx->ops->flush(cx->thr, &c, when);
+
+    hcore_after(cx, &c);
+    HSTAT_INC(cx->st, cmd_flush);
+    return rc;
+}

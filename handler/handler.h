@@ -1,0 +1,131 @@
+/*
+ * Command semantics, once for every protocol: a decoded request goes in,
+ * storage operations and reply bytes come out. The handler owns memcached's
+ * rules (quiet variants, CAS, TTLs, incr/decr, append/prepend, touch, flush,
+ * stats) and never touches a socket or an event loop, so it is unit-tested
+ * on the memory backend alone.
+ */
+#ifndef STASHD_HANDLER_H
+#define STASHD_HANDLER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "handler/reply.h"
+#include "protocol/binary.h"
+#include "storage/storage.h"
+
+#define STASHD_VERSION "1.6.18-stashd-0.1.0"
+
+/* TTLs up to this many seconds are relative, larger ones absolute. */
+#define HANDLER_MAX_RELATIVE (60 * 60 * 24 * 30)
+
+/*
+ * Counters of one worker thread. Only the owner writes; the stats command
+ * reads every worker's, so each field is a relaxed atomic (plain moves on
+ * the hot path, no lock).
+ */
+#define HANDLER_STATS(X) \
+    X(cmd_get) X(cmd_set) X(cmd_flush) X(cmd_touch) X(cmd_meta) \
+    X(get_hits) X(get_misses) X(delete_misses) X(delete_hits) \
+    X(incr_misses) X(incr_hits) X(decr_misses) X(decr_hits) \
+    X(cas_misses) X(cas_hits) X(cas_badval) X(touch_hits) X(touch_misses) \
+    X(store_too_large) X(store_no_memory) X(auth_cmds) X(auth_errors) \
+    X(bytes_read) X(bytes_written) X(conn_yields)
+
+#define HANDLER_STAT_FIELD(name) _Atomic uint64_t name;
+struct hstats {
+    HANDLER_STATS(HANDLER_STAT_FIELD)
+};
+#undef HANDLER_STAT_FIELD
+
+/* Adds n to one counter of the calling thread's own hstats. */
+#define HSTAT_ADD(st, field, n) \
+    atomic_store_explicit(&(st)->field, \
+        atomic_load_explicit(&(st)->field, memory_order_relaxed) + (n), \
+        memory_order_relaxed)
+#define HSTAT_INC(st, field) HSTAT_ADD(st, field, 1)
+
+/* What the server knows that the stats command reports. */
+struct hconn_stats {
+    uint64_t curr_connections;
+    uint64_t total_connections;
+    uint64_t rejected_connections;
+    uint64_t connection_structures;
+    bool     accepting;
+};
+
+/* Process-wide settings, read-only once the server runs. */
+struct hsettings {
+    const char *backend;
+    uint64_t    maxbytes;
+    uint32_t    maxconns;
+    uint32_t    tcpport;
+    const char *inter;
+    const char *domain_socket;
+    double      growth_factor;
+    uint32_t    chunk_size;
+    uint32_t    num_threads;
+    uint32_t    item_size_max;
+    bool        evictions;
+    uint32_t    started;       /* unix time the process started */
+    long        pid;
+    _Atomic int verbosity;     /* rw: the verbosity command sets it */
+};
+
+/* Callbacks into the server for figures only it has. */
+struct hserver {
+    void  *arg;
+    /* Adds every worker's counters into *out. */
+    void (*sum_stats)(void *arg, struct hstats *out);
+    /* Zeroes every worker's counters (stats reset). */
+    void (*reset_stats)(void *arg);
+    /* Fills connection figures. */
+    void (*conn_stats)(void *arg, struct hconn_stats *out);
+    /* Emits the "stats conns" lines; may be NULL. */
+    void (*conns)(void *arg, void (*emit)(void *, const char *,
+                                          const char *), void *emit_arg);
+};
+
+/* One per worker thread; out/now/wait are set for each connection. */
+struct hctx {
+    const struct store_ops *ops;   /* ro */
+    struct store_thr       *thr;   /* ro: this thread's store state */
+    struct hstats          *st;    /* rw: this thread's counters */
+    struct hsettings       *set;   /* ro, but verbosity */
+    const struct hserver   *srv;   /* ro */
+    struct reply           *out;   /* rw: the current connection's queue */
+    uint32_t                now;   /* current unix time */
+    struct store_wait      *wait;  /* the connection's, or NULL to block */
+    unsigned                pending; /* out: writes still to be made durable */
+};
+
+typedef enum handler_act {
+    HANDLER_CONTINUE = 0,
+    HANDLER_CLOSE_AFTER_WRITE,  /* send what is queued, then close */
+    HANDLER_CLOSE               /* close without sending more */
+} handler_act_e;
+
+/* Converts a protocol TTL to the absolute time storage keeps. */
+uint32_t handler_exptime(int64_t ttl, uint32_t now);
+
+/* Executes one well-formed binary request. */
+handler_act_e handler_bin(struct hctx *cx, const struct proto_bin_req *rq);
+
+/* Answers a binary request the codec refused (rc != PROTO_OK/NEED_MORE). */
+handler_act_e handler_bin_refused(struct hctx *cx, proto_rc_e rc,
+                                  const struct proto_bin_req *rq);
+
+/* Stats lines are emitted through this; fmt makes one "name value". */
+typedef void (*handler_stat_fn)(void *arg, const char *name,
+                                const char *value);
+
+/*
+ * Emits the lines of one stats group ("" general, "settings", "items",
+ * "slabs", "sizes", "conns"...); false when the group is unknown.
+ */
+bool handler_stats(struct hctx *cx, const char *group, handler_stat_fn emit,
+                   void *arg);
+
+#endif

@@ -1,0 +1,81 @@
+/*
+ * The reply queue of one connection: the bytes the handler produces, in
+ * request order, waiting for the server's writev. Small pieces are copied
+ * into blocks that never move (so a pointer handed out stays valid until the
+ * bytes are sent); large values are queued by reference, pinned in the
+ * store, and released once written. It owns no socket: the server asks for
+ * iovecs and reports how much went out.
+ */
+#ifndef STASHD_HANDLER_REPLY_H
+#define STASHD_HANDLER_REPLY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "storage/storage.h"
+
+struct reply_block;
+
+struct reply_seg {
+    const char       *ptr;
+    size_t            len;
+    struct store_item it;      /* it.pin != NULL: release once sent */
+};
+
+struct reply {
+    struct store_sink       sink;   /* first: the sink casts back to us */
+    const struct store_ops *ops;    /* ro: releases pins */
+    struct store_thr       *thr;    /* ro */
+    struct reply_block     *head;   /* blocks holding queued bytes */
+    struct reply_block     *tail;
+    struct reply_block     *spare; /* one recycled block: no malloc per batch */
+    struct reply_seg       *seg;
+    size_t                  nseg;
+    size_t                  segcap;
+    size_t                  first;  /* first unsent segment */
+    size_t                  off;    /* bytes of seg[first] already sent */
+    size_t                  queued; /* unsent bytes */
+    bool                    oom;    /* an allocation failed: close the conn */
+};
+
+/* Values up to this size are copied, bigger ones pinned. */
+#define REPLY_COPY_MAX 2048
+
+/* Prepares r for use; releases go to ops/thr. */
+void reply_init(struct reply *r, const struct store_ops *ops,
+                struct store_thr *thr);
+
+/* Releases every pin and frees every block. */
+void reply_deinit(struct reply *r);
+
+/*
+ * Appends n bytes to the queue and returns where to write them, valid until
+ * they are sent; NULL when memory ran out (r->oom is then set).
+ */
+char *reply_reserve(struct reply *r, size_t n);
+
+/* Appends a copy of p[0, n). */
+void reply_append(struct reply *r, const void *p, size_t n);
+
+/* Appends a NUL-terminated string. */
+void reply_str(struct reply *r, const char *s);
+
+/* Appends a value returned by get; takes over its pin. */
+void reply_item(struct reply *r, struct store_item *it);
+
+/* Unsent bytes. */
+static inline size_t
+reply_queued(const struct reply *r)
+{
+    return r->queued;
+}
+
+/* Fills up to max iovecs with the unsent bytes; returns how many. */
+int reply_iov(const struct reply *r, struct iovec *iov, int max);
+
+/* Marks n bytes as sent, releasing what was fully written. */
+void reply_sent(struct reply *r, size_t n);
+
+#endif

@@ -1,0 +1,67 @@
+/*
+ * Types shared by the server's files: the server, its workers and their
+ * connections. Not for use outside server/.
+ */
+#ifndef STASHD_SERVER_INTERNAL_H
+#define STASHD_SERVER_INTERNAL_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "handler/handler.h"
+#include "server/server.h"
+
+struct conn;
+struct server;
+
+struct worker {
+    struct server     *srv;     /* ro */
+    unsigned           id;      /* ro */
+    pthread_t          tid;
+    struct ev_loop    *loop;    /* ro: owned by this worker's thread */
+    ev_async           wake;    /* new fds, completions, stop */
+    pthread_mutex_t    lock;    /* guards the next four members */
+    int               *newfds;
+    size_t             nnew;
+    size_t             capnew;
+    struct conn       *done;    /* conns with completed durable writes */
+    bool               stopping;
+    struct store_thr  *thr;     /* private to the thread */
+    struct hstats      stats;   /* written by the thread only */
+    struct hctx        cx;      /* private to the thread */
+    struct conn       *conns;   /* live connections */
+    char              *rscratch; /* shared read buffer: most reads land
+                                  * here and leave nothing behind */
+};
+
+struct server {
+    const struct server_cfg *cfg;
+    const struct store_ops  *ops;
+    struct store            *store;
+    struct hsettings         set;
+    struct hserver           hs;
+    struct worker           *workers;
+    unsigned                 nworkers;
+    unsigned                 next;      /* round robin, main thread only */
+    struct ev_loop          *loop;      /* main thread's */
+    int                      lfd;
+    ev_io                    accept_io;
+    ev_signal                sigterm;
+    ev_signal                sigint;
+    _Atomic uint64_t         curr_conns;
+    _Atomic uint64_t         total_conns;
+    _Atomic uint64_t         rejected_conns;
+    _Atomic bool             accepting;
+};
+
+/* Starts worker w's thread; 0 or -1. */
+int worker_start(struct worker *w);
+
+/* Hands an accepted, non-blocking fd to w (any thread). */
+void worker_give(struct worker *w, int fd);
+
+/* Asks w to finish its connections and exit its loop (any thread). */
+void worker_stop(struct worker *w);
+
+#endif
