@@ -231,11 +231,11 @@ bin_arith(struct hctx *cx, const struct proto_bin_req *rq)
 static handler_act_e
 bin_quit(struct hctx *cx, const struct proto_bin_req *rq)
 {
+    /* QUITQ adds no reply, but those before it still go out. */
     if (!rq->quiet) {
         bin_reply(cx, rq, PROTO_BIN_OK, NULL, 0, NULL, 0, NULL, 0, 0);
-        return HANDLER_CLOSE_AFTER_WRITE;
     }
-    return HANDLER_CLOSE;
+    return HANDLER_CLOSE_AFTER_WRITE;
 }
 
 static handler_act_e
@@ -348,7 +348,14 @@ handler_bin_refused(struct hctx *cx, proto_rc_e rc,
     case PROTO_EINVAL:
         bin_error(cx, rq, PROTO_BIN_EINVAL);
         return HANDLER_CLOSE_AFTER_WRITE;
+    case PROTO_EFRAME:
+        /* memcached reads past the packet it cannot frame, answers
+         * "unknown command" and gives up on the connection. */
+        bin_error(cx, rq, PROTO_BIN_UNKNOWN);
+        return HANDLER_CLOSE_AFTER_WRITE;
     default:
-        return HANDLER_CLOSE;
+        /* Not our protocol: nothing more is read, but replies to the
+         * requests before it still go out, as memcached's do. */
+        return HANDLER_CLOSE_AFTER_WRITE;
     }
 }

@@ -148,6 +148,19 @@ reply_reserve(struct reply *r, size_t n)
 }
 
 void
+reply_trim(struct reply *r, size_t n)
+{
+    struct reply_seg *last = &r->seg[r->nseg - 1];
+
+    last->len -= n;
+    r->tail->used -= n;
+    r->queued -= n;
+    if (last->len == 0) {
+        r->nseg--;
+    }
+}
+
+void
 reply_append(struct reply *r, const void *p, size_t n)
 {
     char *dst;

@@ -56,6 +56,12 @@ void reply_deinit(struct reply *r);
  */
 char *reply_reserve(struct reply *r, size_t n);
 
+/*
+ * Gives back the last n bytes of the latest reserve, which the caller
+ * reserved generously and did not fill.
+ */
+void reply_trim(struct reply *r, size_t n);
+
 /* Appends a copy of p[0, n). */
 void reply_append(struct reply *r, const void *p, size_t n);
 

@@ -191,10 +191,20 @@ server_run(const struct server_cfg *cfg)
     if (s.lfd < 0) {
         return 1;
     }
-    rc = cfg->ops->open(&cfg->store, &s.store);
+    {
+        struct store_cfg scfg = cfg->store;
+        char err[512] = "";
+
+        scfg.err = err;
+        scfg.errlen = sizeof(err);
+        rc = cfg->ops->open(&scfg, &s.store);
+        if (rc != STORE_OK) {
+            fprintf(stderr, "stashd: cannot open the %s backend: %s%s%s\n",
+                    cfg->ops->name, store_strerror(rc), err[0] ? ": " : "",
+                    err);
+        }
+    }
     if (rc != STORE_OK) {
-        fprintf(stderr, "stashd: cannot open the %s backend: %s\n",
-                cfg->ops->name, store_strerror(rc));
         close(s.lfd);
         return 1;
     }

@@ -13,14 +13,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include "handler/text.h"
 #include "protocol/binary.h"
+#include "protocol/text.h"
 
 #define SCRATCH_SIZE (64 * 1024)
 #define CONN_BUF_MIN (16 * 1024)
+/* Room for a request's header or command line beyond its value. */
+#define CONN_BUF_SLACK (64 * 1024)
 /* Past this many unsent bytes a connection is not read from until its
  * client reads: a client that never reads cannot grow our memory. */
 #define OUT_HIGH_WATER (1024 * 1024)
@@ -51,8 +59,10 @@ struct conn {
     bool               close_after_write;
     bool               closed;    /* fd closed, waiting for pending */
     int                events;    /* what io watches now */
-    struct conn       *prev;
-    struct conn       *next;
+    _Atomic uint32_t   last_cmd;  /* unix time of the last request */
+    char               addr[80];  /* ro: "tcp:ip:port" for stats conns */
+    struct conn       *prev;      /* under w->lock */
+    struct conn       *next;      /* under w->lock */
 };
 
 static void conn_cb(struct ev_loop *loop, ev_io *io, int revents);
@@ -75,6 +85,34 @@ conn_wait_done(struct store_wait *wt)
     ev_async_send(w->loop, &w->wake);
 }
 
+/* Names the peer as memcached's "stats conns" does. */
+static void
+conn_name(struct conn *c)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN] = "?";
+
+    if (getpeername(c->fd, (struct sockaddr *)&ss, &len) != 0) {
+        snprintf(c->addr, sizeof(c->addr), "unknown");
+    } else if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+        snprintf(c->addr, sizeof(c->addr), "tcp:%s:%u", ip,
+                 (unsigned)ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        snprintf(c->addr, sizeof(c->addr), "tcp6:[%s]:%u", ip,
+                 (unsigned)ntohs(a->sin6_port));
+    } else {
+        snprintf(c->addr, sizeof(c->addr), "unix:%s",
+                 c->w->srv->cfg->unix_path ? c->w->srv->cfg->unix_path : "");
+    }
+}
+
 static void
 conn_new(struct worker *w, int fd)
 {
@@ -92,11 +130,17 @@ conn_new(struct worker *w, int fd)
     c->events = EV_READ;
     ev_io_init(&c->io, conn_cb, fd, EV_READ);
     ev_io_start(w->loop, &c->io);
+    conn_name(c);
+    atomic_store_explicit(&c->last_cmd, (uint32_t)ev_now(w->loop),
+                          memory_order_relaxed);
+    /* The list is read by "stats conns" from other threads. */
+    pthread_mutex_lock(&w->lock);
     c->next = w->conns;
     if (w->conns != NULL) {
         w->conns->prev = c;
     }
     w->conns = c;
+    pthread_mutex_unlock(&w->lock);
     if (w->srv->cfg->verbose > 1) {
         fprintf(stderr, "<%d new client connection\n", fd);
     }
@@ -107,6 +151,7 @@ conn_free(struct conn *c)
 {
     struct worker *w = c->w;
 
+    pthread_mutex_lock(&w->lock);
     if (c->prev != NULL) {
         c->prev->next = c->next;
     } else {
@@ -115,6 +160,7 @@ conn_free(struct conn *c)
     if (c->next != NULL) {
         c->next->prev = c->prev;
     }
+    pthread_mutex_unlock(&w->lock);
     free(c->in);
     free(c);
 }
@@ -182,10 +228,51 @@ conn_exec_binary(struct conn *c, const char *buf, size_t len, size_t *need,
     case PROTO_E2BIG:
         *act = handler_bin_refused(&w->cx, rc, &rq);
         c->swallow = rq.bodylen;
+        if (rc == PROTO_EUNKNOWN && (rq.opcode < PROTO_BIN_SASL_LIST ||
+                                     rq.opcode > PROTO_BIN_SASL_STEP)) {
+            /* memcached has read an unknown command's extras and key
+             * before it skips bodylen bytes; skipping as much keeps a
+             * client's stream in step with what memcached would run. */
+            c->swallow += (uint64_t)rq.extlen + rq.keylen;
+        }
         return PROTO_BIN_HDR;
     default:
         *act = handler_bin_refused(&w->cx, rc, &rq);
         return len;
+    }
+}
+
+static size_t
+conn_exec_text(struct conn *c, const char *buf, size_t len, size_t *need,
+               handler_act_e *act)
+{
+    struct worker *w = c->w;
+    struct proto_text_req rq;
+    size_t used = 0;
+    proto_rc_e rc = proto_text_decode(buf, len, w->srv->set.item_size_max,
+                                      &rq, &used);
+
+    switch (rc) {
+    case PROTO_NEED_MORE:
+        *need = used;
+        return 0;
+    case PROTO_OK:
+        if (w->srv->cfg->verbose > 1) {
+            fprintf(stderr, "<%d %.*s\n", c->fd, (int)(rq.line_len > 200 ?
+                    200 : rq.line_len), rq.line);
+        }
+        *act = handler_text(&w->cx, &rq);
+        return used;
+    case PROTO_EMAGIC:
+        *act = handler_text_refused(&w->cx, rc, &rq);
+        return len;
+    case PROTO_E2BIG:
+        *act = handler_text_refused(&w->cx, rc, &rq);
+        c->swallow = rq.swallow;
+        return used;
+    default:
+        *act = handler_text_refused(&w->cx, rc, &rq);
+        return used > 0 ? used : len;
     }
 }
 
@@ -204,6 +291,7 @@ conn_process(struct conn *c, const char *buf, size_t len, size_t *need)
     w->cx.out = &c->out;
     w->cx.now = (uint32_t)ev_now(w->loop);
     w->cx.wait = &c->wait;
+    atomic_store_explicit(&c->last_cmd, w->cx.now, memory_order_relaxed);
     while (pos < len && !c->close_after_write && !c->closed) {
         handler_act_e act = HANDLER_CONTINUE;
         size_t used;
@@ -226,12 +314,7 @@ conn_process(struct conn *c, const char *buf, size_t len, size_t *need)
         if (c->proto == CONN_BINARY) {
             used = conn_exec_binary(c, buf + pos, len - pos, need, &act);
         } else {
-            /* The text protocol arrives with its own issue; until then a
-             * text client gets memcached's answer to a command it does not
-             * know, once, and the connection is closed. */
-            reply_str(&c->out, "ERROR\r\n");
-            used = len - pos;
-            act = HANDLER_CLOSE_AFTER_WRITE;
+            used = conn_exec_text(c, buf + pos, len - pos, need, &act);
         }
         c->pending += w->cx.pending;
         if (used == 0) {
@@ -287,9 +370,21 @@ static bool
 conn_keep(struct conn *c, const char *p, size_t n, size_t need)
 {
     size_t want = need > n ? need : n;
+    size_t limit = (size_t)c->w->srv->set.item_size_max + CONN_BUF_SLACK;
 
     if (want < CONN_BUF_MIN) {
         want = CONN_BUF_MIN;
+    }
+    if (c->in != NULL && want > c->in_cap && want < 2 * c->in_cap) {
+        /* Requests of unknown size grow a byte at a time: double. */
+        want = 2 * c->in_cap;
+    }
+    if (want > limit) {
+        /* No request is bigger than an item plus its line or header. */
+        want = need > limit ? need : limit;
+        if (want > limit) {
+            return false;
+        }
     }
     if (c->in == NULL || c->in_cap < want) {
         char *b = malloc(want);
@@ -528,6 +623,57 @@ worker_conn_stats(void *arg, struct hconn_stats *out)
     out->accepting = atomic_load(&s->accepting);
 }
 
+static void
+worker_conns(void *arg, void (*emit)(void *, const char *, const char *),
+             void *emit_arg)
+{
+    struct server *s = arg;
+    uint32_t now = (uint32_t)time(NULL);
+    char name[64];
+    char val[128];
+
+    /* memcached lists its listener first, then every client. */
+    snprintf(name, sizeof(name), "%d:addr", s->lfd);
+    if (s->cfg->unix_path != NULL) {
+        snprintf(val, sizeof(val), "unix:%s", s->cfg->unix_path);
+    } else {
+        snprintf(val, sizeof(val), "tcp:%s:%u", s->cfg->listen,
+                 (unsigned)s->cfg->port);
+    }
+    emit(emit_arg, name, val);
+    snprintf(name, sizeof(name), "%d:state", s->lfd);
+    emit(emit_arg, name, "conn_listening");
+    snprintf(name, sizeof(name), "%d:secs_since_last_cmd", s->lfd);
+    emit(emit_arg, name, "0");
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+
+        pthread_mutex_lock(&w->lock);
+        for (struct conn *c = w->conns; c != NULL; c = c->next) {
+            uint32_t last = atomic_load_explicit(&c->last_cmd,
+                                                 memory_order_relaxed);
+
+            if (c->closed) {
+                continue;
+            }
+            snprintf(name, sizeof(name), "%d:addr", c->fd);
+            emit(emit_arg, name, c->addr);
+            snprintf(name, sizeof(name), "%d:listen_addr", c->fd);
+            snprintf(val, sizeof(val), "%s:%s:%u",
+                     s->cfg->unix_path ? "unix" : "tcp",
+                     s->cfg->unix_path ? s->cfg->unix_path : s->cfg->listen,
+                     s->cfg->unix_path ? 0 : (unsigned)s->cfg->port);
+            emit(emit_arg, name, val);
+            snprintf(name, sizeof(name), "%d:state", c->fd);
+            emit(emit_arg, name, "conn_parse_cmd");
+            snprintf(name, sizeof(name), "%d:secs_since_last_cmd", c->fd);
+            snprintf(val, sizeof(val), "%u", now > last ? now - last : 0);
+            emit(emit_arg, name, val);
+        }
+        pthread_mutex_unlock(&w->lock);
+    }
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -550,7 +696,7 @@ worker_start(struct worker *w)
     s->hs.sum_stats = worker_sum;
     s->hs.reset_stats = worker_reset;
     s->hs.conn_stats = worker_conn_stats;
-    s->hs.conns = NULL;
+    s->hs.conns = worker_conns;
     w->loop = ev_loop_new(EVFLAG_AUTO);
     w->rscratch = malloc(SCRATCH_SIZE);
     if (w->loop == NULL || w->rscratch == NULL ||

@@ -62,6 +62,8 @@ struct store_cfg {
     store_sync_e sync;             /* persistent backends only */
     uint32_t     sync_interval_ms; /* persistent backends only */
     uint32_t     now;              /* unix time at open */
+    char        *err;              /* open writes why it failed here, */
+    size_t       errlen;           /* naming the file; may be NULL */
 };
 
 struct store_key {

@@ -1,0 +1,382 @@
+/*
+ * Text protocol commands: one function per command, dispatched through a
+ * table indexed by the decoded command. Semantics come from hcore; this
+ * file only chooses memcached's reply line for each outcome, and honours
+ * noreply by sending nothing at all.
+ */
+#include "handler/core.h"
+#include "handler/text.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef handler_act_e (*text_fn)(struct hctx *cx,
+                                 const struct proto_text_req *rq);
+
+static void
+line(struct hctx *cx, const char *s)
+{
+    size_t n = strlen(s);
+    char *p = reply_reserve(cx->out, n + 2);
+
+    if (p != NULL) {
+        memcpy(p, s, n);
+        p[n] = '\r';
+        p[n + 1] = '\n';
+    }
+}
+
+static void
+fixed(struct hctx *cx, const struct proto_text_req *rq, proto_text_reply_e r)
+{
+    if (!rq->noreply) {
+        line(cx, proto_text_reply_text(r));
+    }
+}
+
+/* One storage result as the text line memcached sends for it. */
+static proto_text_reply_e
+text_reply_for(store_rc_e rc, bool cas)
+{
+    switch (rc) {
+    case STORE_OK:
+        return PROTO_TEXT_R_STORED;
+    case STORE_EEXISTS:
+        return PROTO_TEXT_R_EXISTS;
+    case STORE_ENOENT:
+        return cas ? PROTO_TEXT_R_NOT_FOUND : PROTO_TEXT_R_NOT_STORED;
+    case STORE_ENOMEM:
+        return PROTO_TEXT_R_NO_MEMORY;
+    default:
+        return PROTO_TEXT_R_NOT_STORED;
+    }
+}
+
+/* Queues one VALUE line, the data and its "\r\n"; takes over the pin. */
+static void
+value(struct hctx *cx, const char *key, size_t keylen, struct store_item *it,
+      bool with_cas)
+{
+    char *p = reply_reserve(cx->out, PROTO_TEXT_VALUE_HDR_MAX);
+
+    if (p == NULL) {
+        cx->ops->release(cx->thr, it);
+        return;
+    }
+    reply_trim(cx->out, PROTO_TEXT_VALUE_HDR_MAX -
+               proto_text_value_header(p, PROTO_TEXT_VALUE_HDR_MAX, key,
+                                       keylen, it->flags, it->len, with_cas,
+                                       it->cas));
+    reply_item(cx->out, it);
+    reply_append(cx->out, "\r\n", 2);
+}
+
+/* get, gets, gat, gats: the first nkeys keys (all of them when whole). */
+static void
+get_keys(struct hctx *cx, const struct proto_text_req *rq, uint32_t nkeys)
+{
+    bool with_cas = rq->cmd == PROTO_TEXT_GETS || rq->cmd == PROTO_TEXT_GATS;
+    bool touch = rq->cmd == PROTO_TEXT_GAT || rq->cmd == PROTO_TEXT_GATS;
+    uint32_t exp = touch ? handler_exptime(rq->exptime, cx->now) : 0;
+    size_t pos = 0;
+    const char *key;
+    size_t keylen;
+
+    for (uint32_t i = 0; i < nkeys &&
+         proto_text_next_key(rq, &pos, &key, &keylen); i++) {
+        struct store_item it;
+
+        if (hcore_get(cx, key, keylen, touch ? &exp : NULL, &it) ==
+            STORE_OK) {
+            value(cx, key, keylen, &it, with_cas);
+        }
+    }
+}
+
+static handler_act_e
+text_get(struct hctx *cx, const struct proto_text_req *rq)
+{
+    get_keys(cx, rq, rq->nkeys);
+    line(cx, "END");
+    return HANDLER_CONTINUE;
+}
+
+static handler_act_e
+text_store(struct hctx *cx, const struct proto_text_req *rq)
+{
+    store_mode_e m = STORE_SET;
+    uint32_t exp = handler_exptime(rq->exptime, cx->now);
+    uint64_t cas = 0;
+    store_rc_e rc;
+
+    switch (rq->cmd) {
+    case PROTO_TEXT_ADD:
+        m = STORE_ADD;
+        break;
+    case PROTO_TEXT_REPLACE:
+        m = STORE_REPLACE;
+        break;
+    case PROTO_TEXT_APPEND:
+        m = STORE_APPEND;
+        break;
+    case PROTO_TEXT_PREPEND:
+        m = STORE_PREPEND;
+        break;
+    default:
+        break;
+    }
+    if (rq->cmd == PROTO_TEXT_CAS && rq->cas == 0) {
+        /* No item ever has CAS 0, so memcached's compare always fails:
+         * EXISTS when the key is there, NOT_FOUND when not. */
+        struct store_call c = hcore_call(cx);
+        struct store_key k = { rq->key, rq->keylen };
+        struct store_item it;
+
+        HSTAT_INC(cx->st, cmd_set);
+        rc = cx->ops->get(cx->thr, &c, &k, NULL, &it);
+        if (rc == STORE_OK) {
+            cx->ops->release(cx->thr, &it);
+            HSTAT_INC(cx->st, cas_badval);
+            fixed(cx, rq, PROTO_TEXT_R_EXISTS);
+        } else {
+            HSTAT_INC(cx->st, cas_misses);
+            fixed(cx, rq, PROTO_TEXT_R_NOT_FOUND);
+        }
+        return HANDLER_CONTINUE;
+    }
+    rc = hcore_store(cx, m, rq->key, rq->keylen, rq->value, rq->vlen,
+                     rq->flags, exp, rq->cmd == PROTO_TEXT_CAS ? rq->cas : 0,
+                     &cas);
+    if (rc == STORE_E2BIG) {
+        if (!rq->noreply) {
+            line(cx, proto_text_error_text(PROTO_TEXT_E_TOO_LARGE));
+        }
+        return HANDLER_CONTINUE;
+    }
+    fixed(cx, rq, text_reply_for(rc, rq->cmd == PROTO_TEXT_CAS));
+    return HANDLER_CONTINUE;
+}
+
+static handler_act_e
+text_delete(struct hctx *cx, const struct proto_text_req *rq)
+{
+    store_rc_e rc = hcore_delete(cx, rq->key, rq->keylen, 0);
+
+    fixed(cx, rq, rc == STORE_OK ? PROTO_TEXT_R_DELETED
+                                 : PROTO_TEXT_R_NOT_FOUND);
+    return HANDLER_CONTINUE;
+}
+
+static handler_act_e
+text_arith(struct hctx *cx, const struct proto_text_req *rq)
+{
+    struct store_delta d;
+    uint64_t v = 0;
+    uint64_t cas = 0;
+    store_rc_e rc;
+
+    memset(&d, 0, sizeof(d));
+    d.by = rq->delta;
+    d.decr = rq->cmd == PROTO_TEXT_DECR;
+    rc = hcore_arith(cx, rq->key, rq->keylen, &d, &v, &cas);
+    if (rq->noreply) {
+        return HANDLER_CONTINUE;
+    }
+    if (rc == STORE_OK) {
+        char *p = reply_reserve(cx->out, PROTO_TEXT_U64_MAX + 2);
+
+        if (p != NULL) {
+            size_t n = proto_text_put_u64(p, v);
+
+            p[n] = '\r';
+            p[n + 1] = '\n';
+            reply_trim(cx->out, PROTO_TEXT_U64_MAX - n);
+        }
+    } else if (rc == STORE_EDELTA) {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_NON_NUMERIC));
+    } else if (rc == STORE_ENOMEM) {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_NO_MEMORY));
+    } else {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_NOT_FOUND));
+    }
+    return HANDLER_CONTINUE;
+}
+
+static handler_act_e
+text_touch(struct hctx *cx, const struct proto_text_req *rq)
+{
+    store_rc_e rc = hcore_touch(cx, rq->key, rq->keylen,
+                                handler_exptime(rq->exptime, cx->now));
+
+    fixed(cx, rq, rc == STORE_OK ? PROTO_TEXT_R_TOUCHED
+                                 : PROTO_TEXT_R_NOT_FOUND);
+    return HANDLER_CONTINUE;
+}
+
+static handler_act_e
+text_flush(struct hctx *cx, const struct proto_text_req *rq)
+{
+    (void)hcore_flush(cx, rq->delay);
+    fixed(cx, rq, PROTO_TEXT_R_OK);
+    return HANDLER_CONTINUE;
+}
+
+static handler_act_e
+text_version(struct hctx *cx, const struct proto_text_req *rq)
+{
+    (void)rq;
+    line(cx, "VERSION " STASHD_VERSION);
+    return HANDLER_CONTINUE;
+}
+
+static handler_act_e
+text_verbosity(struct hctx *cx, const struct proto_text_req *rq)
+{
+    atomic_store(&cx->set->verbosity, (int)(rq->level > 2 ? 2 : rq->level));
+    fixed(cx, rq, PROTO_TEXT_R_OK);
+    return HANDLER_CONTINUE;
+}
+
+static handler_act_e
+text_quit(struct hctx *cx, const struct proto_text_req *rq)
+{
+    /* Replies to the requests before quit still go out. */
+    (void)cx;
+    (void)rq;
+    return HANDLER_CLOSE_AFTER_WRITE;
+}
+
+static handler_act_e
+text_mn(struct hctx *cx, const struct proto_text_req *rq)
+{
+    (void)rq;
+    line(cx, proto_text_reply_text(PROTO_TEXT_R_MN));
+    return HANDLER_CONTINUE;
+}
+
+static void
+stat_line(void *arg, const char *name, const char *val)
+{
+    struct hctx *cx = arg;
+    size_t nl = strlen(name);
+    size_t vl = strlen(val);
+    char *p = reply_reserve(cx->out, 5 + nl + 1 + vl + 2);
+
+    if (p != NULL) {
+        memcpy(p, "STAT ", 5);
+        memcpy(p + 5, name, nl);
+        p[5 + nl] = ' ';
+        memcpy(p + 6 + nl, val, vl);
+        memcpy(p + 6 + nl + vl, "\r\n", 2);
+    }
+}
+
+static handler_act_e
+text_stats(struct hctx *cx, const struct proto_text_req *rq)
+{
+    char group[PROTO_KEY_MAX + 1];
+    size_t n = rq->keylen < PROTO_KEY_MAX ? rq->keylen : PROTO_KEY_MAX;
+
+    memcpy(group, rq->key, n);
+    group[n] = '\0';
+    if (strcmp(group, "reset") == 0) {
+        (void)handler_stats(cx, group, stat_line, cx);
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_RESET));
+        return HANDLER_CONTINUE;
+    }
+    if (strcmp(group, "detail") == 0) {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_DETAIL_USAGE));
+        return HANDLER_CONTINUE;
+    }
+    if (!handler_stats(cx, group, stat_line, cx)) {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_ERROR));
+        return HANDLER_CONTINUE;
+    }
+    line(cx, proto_text_reply_text(PROTO_TEXT_R_END));
+    return HANDLER_CONTINUE;
+}
+
+static handler_act_e
+text_meta(struct hctx *cx, const struct proto_text_req *rq)
+{
+    /* The meta protocol comes with its own issue; until then its commands
+     * are unknown, as in a memcached built without them. */
+    (void)rq;
+    line(cx, proto_text_reply_text(PROTO_TEXT_R_ERROR));
+    return HANDLER_CONTINUE;
+}
+
+static const text_fn by_cmd[] = {
+    [PROTO_TEXT_GET] = text_get,
+    [PROTO_TEXT_GETS] = text_get,
+    [PROTO_TEXT_GAT] = text_get,
+    [PROTO_TEXT_GATS] = text_get,
+    [PROTO_TEXT_SET] = text_store,
+    [PROTO_TEXT_ADD] = text_store,
+    [PROTO_TEXT_REPLACE] = text_store,
+    [PROTO_TEXT_APPEND] = text_store,
+    [PROTO_TEXT_PREPEND] = text_store,
+    [PROTO_TEXT_CAS] = text_store,
+    [PROTO_TEXT_DELETE] = text_delete,
+    [PROTO_TEXT_INCR] = text_arith,
+    [PROTO_TEXT_DECR] = text_arith,
+    [PROTO_TEXT_TOUCH] = text_touch,
+    [PROTO_TEXT_FLUSH_ALL] = text_flush,
+    [PROTO_TEXT_VERSION] = text_version,
+    [PROTO_TEXT_VERBOSITY] = text_verbosity,
+    [PROTO_TEXT_QUIT] = text_quit,
+    [PROTO_TEXT_STATS] = text_stats,
+    [PROTO_TEXT_MN] = text_mn,
+    [PROTO_TEXT_META] = text_meta,
+};
+
+handler_act_e
+handler_text(struct hctx *cx, const struct proto_text_req *rq)
+{
+    text_fn fn = (size_t)rq->cmd < sizeof(by_cmd) / sizeof(by_cmd[0])
+                 ? by_cmd[rq->cmd] : NULL;
+
+    if (fn == NULL) {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_ERROR));
+        return HANDLER_CONTINUE;
+    }
+    return fn(cx, rq);
+}
+
+handler_act_e
+handler_text_refused(struct hctx *cx, proto_rc_e rc,
+                     const struct proto_text_req *rq)
+{
+    switch (rc) {
+    case PROTO_EUNKNOWN:
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_ERROR));
+        return HANDLER_CONTINUE;
+    case PROTO_E2BIG:
+        HSTAT_INC(cx->st, cmd_set);
+        HSTAT_INC(cx->st, store_too_large);
+        if (rq->cmd == PROTO_TEXT_SET) {
+            /* As memcached: a set that cannot be stored drops the old
+             * value rather than leave it looking current. */
+            (void)hcore_delete(cx, rq->key, rq->keylen, 0);
+        }
+        if (!rq->noreply) {
+            line(cx, proto_text_error_text(PROTO_TEXT_E_TOO_LARGE));
+        }
+        return HANDLER_CONTINUE;
+    case PROTO_EINVAL:
+        if (rq->err == PROTO_TEXT_E_FORMAT && rq->nkeys > 0 &&
+            (rq->cmd == PROTO_TEXT_GET || rq->cmd == PROTO_TEXT_GETS ||
+             rq->cmd == PROTO_TEXT_GAT || rq->cmd == PROTO_TEXT_GATS)) {
+            /* memcached answers the keys before a bad one, then errs. */
+            get_keys(cx, rq, rq->nkeys);
+        }
+        if (!rq->noreply) {
+            line(cx, proto_text_error_text(rq->err));
+        }
+        return HANDLER_CONTINUE;
+    default:
+        /* Not our protocol: nothing more is read, but replies to the
+         * requests before it still go out, as memcached's do. */
+        return HANDLER_CLOSE_AFTER_WRITE;
+    }
+}
