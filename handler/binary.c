@@ -156,10 +156,6 @@ bin_store(struct hctx *cx, const struct proto_bin_req *rq)
         flags = 0;
     } else {
         exp = handler_exptime(rq->exptime, cx->now);
-        if (rq->cas != 0) {
-            /* memcached turns any set/add/replace with a CAS into a CAS. */
-            m = STORE_SET;
-        }
     }
     rc = hcore_store(cx, m, rq->key, rq->keylen, rq->value, rq->vlen, flags,
                      exp, rq->cas, &cas);
@@ -286,8 +282,15 @@ bin_stat(struct hctx *cx, const struct proto_bin_req *rq)
     char group[PROTO_KEY_MAX + 1];
     struct bin_stat_arg a = { cx, rq };
 
-    memcpy(group, rq->key, rq->keylen);
+    if (rq->keylen > 0) {
+        memcpy(group, rq->key, rq->keylen);
+    }
     group[rq->keylen] = '\0';
+    if (strcmp(group, "conns") == 0) {
+        /* memcached lists connections over the text protocol only. */
+        bin_error(cx, rq, PROTO_BIN_ENOENT);
+        return HANDLER_CONTINUE;
+    }
     if (strcmp(group, "reset") == 0) {
         handler_stats(cx, group, bin_stat_line, &a);
         bin_reply(cx, rq, PROTO_BIN_OK, NULL, 0, NULL, 0, NULL, 0, 0);
@@ -341,8 +344,9 @@ handler_bin_refused(struct hctx *cx, proto_rc_e rc,
         bin_error(cx, rq, PROTO_BIN_UNKNOWN);
         return HANDLER_CONTINUE;
     case PROTO_E2BIG:
-        HSTAT_INC(cx->st, cmd_set);
-        HSTAT_INC(cx->st, store_too_large);
+        if (rq->base_op == PROTO_BIN_SET && rq->key != NULL) {
+            hcore_drop(cx, rq->key, rq->keylen);
+        }
         bin_error(cx, rq, PROTO_BIN_E2BIG);
         return HANDLER_CONTINUE;
     case PROTO_EINVAL:

@@ -3,6 +3,7 @@
  * bumped here, once, so text and binary agree on what stats say.
  */
 #include "handler/core.h"
+#include "storage/rules.h"
 
 #include <string.h>
 
@@ -44,11 +45,7 @@ bool
 hcore_too_large(const struct hctx *cx, size_t keylen, uint32_t flags,
                 size_t vlen)
 {
-    /* memcached 1.6 on 64-bit: a 48-byte item header, the key and its NUL,
-     * the flags only when non-zero, the value and its \r\n, and the CAS. */
-    size_t total = 48 + keylen + 1 + (flags != 0 ? 4 : 0) + vlen + 2 + 8;
-
-    return total > cx->set->item_size_max;
+    return store_too_large(cx->set->item_size_max, keylen, flags, vlen);
 }
 
 store_rc_e
@@ -78,6 +75,16 @@ hcore_get(struct hctx *cx, const void *key, size_t keylen,
     return rc;
 }
 
+void
+hcore_drop(struct hctx *cx, const void *key, size_t keylen)
+{
+    struct store_call c = hcore_call(cx);
+    struct store_key k = { key, keylen };
+
+    (void)cx->ops->del(cx->thr, &c, &k, 0);
+    hcore_after(cx, &c);
+}
+
 store_rc_e
 hcore_store(struct hctx *cx, store_mode_e m, const void *key, size_t keylen,
             const void *val, size_t vlen, uint32_t flags, uint32_t exptime,
@@ -94,6 +101,11 @@ hcore_store(struct hctx *cx, store_mode_e m, const void *key, size_t keylen,
     } else {
         rc = cx->ops->store(cx->thr, &c, m, &k, &in, cas_out);
         hcore_after(cx, &c);
+        if (rc == STORE_E2BIG && (m == STORE_APPEND || m == STORE_PREPEND)) {
+            /* The piece fits but the joined item does not: memcached
+             * fails that allocation and says only "not stored". */
+            rc = STORE_NOT_STORED;
+        }
     }
     if (rc == STORE_E2BIG) {
         HSTAT_INC(cx->st, store_too_large);
@@ -101,12 +113,7 @@ hcore_store(struct hctx *cx, store_mode_e m, const void *key, size_t keylen,
         HSTAT_INC(cx->st, store_no_memory);
     }
     if ((rc == STORE_E2BIG || rc == STORE_ENOMEM) && m == STORE_SET) {
-        /* memcached drops the old value when a set fails to allocate, so
-         * a reader never sees data the client meant to replace. */
-        struct store_call d = hcore_call(cx);
-
-        (void)cx->ops->del(cx->thr, &d, &k, 0);
-        hcore_after(cx, &d);
+        hcore_drop(cx, key, keylen);
     }
     if (cas != 0) {
         if (rc == STORE_OK) {
@@ -128,7 +135,7 @@ hcore_delete(struct hctx *cx, const void *key, size_t keylen, uint64_t cas)
     store_rc_e rc = cx->ops->del(cx->thr, &c, &k, cas);
 
     hcore_after(cx, &c);
-    if (rc == STORE_OK || rc == STORE_EEXISTS) {
+    if (rc == STORE_OK) {
         HSTAT_INC(cx->st, delete_hits);
     } else if (rc == STORE_ENOENT) {
         HSTAT_INC(cx->st, delete_misses);
@@ -151,7 +158,7 @@ hcore_arith(struct hctx *cx, const void *key, size_t keylen,
         } else {
             HSTAT_INC(cx->st, incr_misses);
         }
-    } else if (rc == STORE_OK || rc == STORE_EDELTA || rc == STORE_EEXISTS) {
+    } else if (rc == STORE_OK) {
         if (d->decr) {
             HSTAT_INC(cx->st, decr_hits);
         } else {

@@ -32,6 +32,12 @@ store_rc_e hcore_store(struct hctx *cx, store_mode_e m, const void *key,
                        uint32_t flags, uint32_t exptime, uint64_t cas,
                        uint64_t *cas_out);
 
+/*
+ * Drops key without counting a delete: memcached does so when a set fails,
+ * so that a reader never sees the value the client meant to replace.
+ */
+void hcore_drop(struct hctx *cx, const void *key, size_t keylen);
+
 /* delete; cas != 0 makes it conditional. */
 store_rc_e hcore_delete(struct hctx *cx, const void *key, size_t keylen,
                         uint64_t cas);

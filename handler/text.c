@@ -352,24 +352,16 @@ handler_text_refused(struct hctx *cx, proto_rc_e rc,
         line(cx, proto_text_reply_text(PROTO_TEXT_R_ERROR));
         return HANDLER_CONTINUE;
     case PROTO_E2BIG:
-        HSTAT_INC(cx->st, cmd_set);
-        HSTAT_INC(cx->st, store_too_large);
         if (rq->cmd == PROTO_TEXT_SET) {
-            /* As memcached: a set that cannot be stored drops the old
-             * value rather than leave it looking current. */
-            (void)hcore_delete(cx, rq->key, rq->keylen, 0);
+            hcore_drop(cx, rq->key, rq->keylen);
         }
         if (!rq->noreply) {
             line(cx, proto_text_error_text(PROTO_TEXT_E_TOO_LARGE));
         }
         return HANDLER_CONTINUE;
     case PROTO_EINVAL:
-        if (rq->err == PROTO_TEXT_E_FORMAT && rq->nkeys > 0 &&
-            (rq->cmd == PROTO_TEXT_GET || rq->cmd == PROTO_TEXT_GETS ||
-             rq->cmd == PROTO_TEXT_GAT || rq->cmd == PROTO_TEXT_GATS)) {
-            /* memcached answers the keys before a bad one, then errs. */
-            get_keys(cx, rq, rq->nkeys);
-        }
+        /* A get with a bad key among good ones: memcached takes back the
+         * values it found and sends only the error. */
         if (!rq->noreply) {
             line(cx, proto_text_error_text(rq->err));
         }

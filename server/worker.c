@@ -224,8 +224,16 @@ conn_exec_binary(struct conn *c, const char *buf, size_t len, size_t *need,
         }
         *act = handler_bin(&w->cx, &rq);
         return used;
-    case PROTO_EUNKNOWN:
     case PROTO_E2BIG:
+        /* The refusal needs the key (a failed set drops the old value),
+         * so wait for it; the value itself is skipped unread. */
+        if (len < PROTO_BIN_HDR + (size_t)rq.extlen + rq.keylen) {
+            *need = PROTO_BIN_HDR + (size_t)rq.extlen + rq.keylen;
+            return 0;
+        }
+        rq.key = (const uint8_t *)buf + PROTO_BIN_HDR + rq.extlen;
+        /* fall through */
+    case PROTO_EUNKNOWN:
         *act = handler_bin_refused(&w->cx, rc, &rq);
         c->swallow = rq.bodylen;
         if (rc == PROTO_EUNKNOWN && (rq.opcode < PROTO_BIN_SASL_LIST ||

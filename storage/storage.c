@@ -10,6 +10,7 @@
 
 static const struct store_ops *const backends[] = {
     &store_mem_ops,
+    &store_lmdb_ops,
 };
 
 const struct store_ops *

@@ -210,4 +210,7 @@ const char *store_strerror(store_rc_e rc);
 /* The memory backend: slab allocator, striped hash, per-class LRU. */
 extern const struct store_ops store_mem_ops;
 
+/* The lmdb backend: persistent, one LMDB environment per data directory. */
+extern const struct store_ops store_lmdb_ops;
+
 #endif /* STASHD_STORAGE_H */

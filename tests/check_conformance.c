@@ -238,11 +238,20 @@ START_TEST(arith_basic)
     ck_assert_uint_eq(it.flags, 99);
     ck_assert_uint_eq(it.exptime, T0 + 500);
     ck_assert_uint_eq(it.cas, cas1);
-    /* Decrement to fewer digits: stored without padding. */
+    /* Decrement to fewer digits: space padded to the old length, as
+     * memcached's in-place rewrite leaves it; the padding still parses. */
     conf_put(cf, "n", "100");
     ck_assert_int_eq(conf_incr(cf, "n", true, 91, &v), STORE_OK);
     ck_assert_uint_eq(v, 9);
-    ck_assert_str_eq(conf_get_str(cf, "n"), "9");
+    ck_assert_str_eq(conf_get_str(cf, "n"), "9  ");
+    ck_assert_int_eq(conf_incr(cf, "n", false, 991, &v), STORE_OK);
+    ck_assert_str_eq(conf_get_str(cf, "n"), "1000");
+    /* A NUL ends the number too (memcached's strtoull stops there). */
+    ck_assert_int_eq(conf_storen(cf, STORE_SET, "n",
+                                 "18446744073709551615\0", 21, 0, 0, 0,
+                                 &v), STORE_OK);
+    ck_assert_int_eq(conf_incr(cf, "n", false, 1, &v), STORE_OK);
+    ck_assert_uint_eq(v, 0);
     /* memcached's strtoull: a blank ends the number. */
     conf_put(cf, "n", "12 abc");
     ck_assert_int_eq(conf_incr(cf, "n", false, 1, &v), STORE_OK);
@@ -250,7 +259,7 @@ START_TEST(arith_basic)
     conf_put(cf, "n", "007");
     ck_assert_int_eq(conf_incr(cf, "n", false, 1, &v), STORE_OK);
     ck_assert_uint_eq(v, 8);
-    ck_assert_str_eq(conf_get_str(cf, "n"), "8");
+    ck_assert_str_eq(conf_get_str(cf, "n"), "8  ");
     conformance_close(&cf);
 }
 END_TEST
@@ -263,7 +272,7 @@ START_TEST(arith_wrap_and_floor)
     conf_put(cf, "n", "18446744073709551615");
     ck_assert_int_eq(conf_incr(cf, "n", false, 2, &v), STORE_OK);
     ck_assert_uint_eq(v, 1);
-    ck_assert_str_eq(conf_get_str(cf, "n"), "1");
+    ck_assert_str_eq(conf_get_str(cf, "n"), "1                   ");
     ck_assert_int_eq(conf_incr(cf, "n", false, UINT64_MAX, &v), STORE_OK);
     ck_assert_uint_eq(v, 0);
     conf_put(cf, "n", "5");

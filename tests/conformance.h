@@ -54,11 +54,13 @@ struct conf {
     struct store_call       c;             /* c.now is the test's clock */
     struct conf_sink        sink;
     char                    dir[64];
+    char                    err[256];      /* why open failed */
     char                   *vbuf;          /* last value read, NUL added */
     long                    gets;          /* STORE_OK gets */
     long                    releases;
 };
 
+/* store_sink.reserve: a fresh block per value, kept until reset. */
 static inline void *
 conf_sink_reserve(struct store_sink *sk, size_t len)
 {
@@ -85,6 +87,7 @@ conf_sink_reset(struct conf_sink *cs)
     }
 }
 
+/* An empty sink. */
 static inline void
 conf_sink_init(struct conf_sink *cs)
 {
@@ -124,6 +127,8 @@ conformance_open_cfg(const struct store_ops *ops, const struct store_cfg *cfg)
     } else {
         conformance_cfg(&cf->cfg, cf->dir);
     }
+    cf->cfg.err = cf->err;
+    cf->cfg.errlen = sizeof(cf->err);
     cf->ops = ops;
     cf->vbuf = malloc(CONF_VBUF + 1);
     ck_assert_ptr_nonnull(cf->vbuf);
@@ -132,8 +137,8 @@ conformance_open_cfg(const struct store_ops *ops, const struct store_cfg *cfg)
     cf->c.sink = &cf->sink.base;
     cf->c.wait = NULL;
     rc = ops->open(&cf->cfg, &cf->s);
-    ck_assert_msg(rc == STORE_OK, "%s: open: %s", ops->name,
-                  store_strerror(rc));
+    ck_assert_msg(rc == STORE_OK, "%s: open: %s (%s)", ops->name,
+                  store_strerror(rc), cf->err);
     ck_assert_int_eq(ops->attach(cf->s, &cf->t), STORE_OK);
     return cf;
 }
@@ -145,6 +150,7 @@ conformance_open(const struct store_ops *ops)
     return conformance_open_cfg(ops, NULL);
 }
 
+/* nftw callback: removes one entry, children first. */
 static inline int
 conf_rm_one(const char *path, const struct stat *sb, int type,
             struct FTW *ftw)
@@ -174,6 +180,7 @@ conformance_close(struct conf **cfp)
     *cfp = NULL;
 }
 
+/* A key view of a C string. */
 static inline struct store_key
 conf_key(const char *key)
 {
@@ -207,6 +214,7 @@ conf_storen(struct conf *cf, store_mode_e m, const char *key, const void *val,
     return rc;
 }
 
+/* conf_storen with a C-string value. */
 static inline store_rc_e
 conf_store(struct conf *cf, store_mode_e m, const char *key, const char *val,
            uint32_t flags, uint32_t exptime, uint64_t cas, uint64_t *cas_out)
@@ -243,6 +251,7 @@ conf_get_raw(struct conf *cf, const char *key, const uint32_t *touch,
     return rc;
 }
 
+/* Releases a conf_get_raw value, counted for the close check. */
 static inline void
 conf_release(struct conf *cf, struct store_item *it)
 {
@@ -291,6 +300,7 @@ conf_get_str(struct conf *cf, const char *key)
     return rc == STORE_OK ? cf->vbuf : NULL;
 }
 
+/* Deletes key; cas != 0 makes it conditional. */
 static inline store_rc_e
 conf_del(struct conf *cf, const char *key, uint64_t cas)
 {
@@ -303,6 +313,7 @@ conf_del(struct conf *cf, const char *key, uint64_t cas)
     return rc;
 }
 
+/* arith with d; value and cas_out may be NULL. */
 static inline store_rc_e
 conf_arith(struct conf *cf, const char *key, const struct store_delta *d,
            uint64_t *value, uint64_t *cas_out)
@@ -329,6 +340,7 @@ conf_incr(struct conf *cf, const char *key, bool decr, uint64_t by,
     return conf_arith(cf, key, &d, value, NULL);
 }
 
+/* Sets key's exptime. */
 static inline store_rc_e
 conf_touch(struct conf *cf, const char *key, uint32_t exptime)
 {
@@ -341,6 +353,7 @@ conf_touch(struct conf *cf, const char *key, uint32_t exptime)
     return rc;
 }
 
+/* Flushes everything stored before when (<= now: everything). */
 static inline store_rc_e
 conf_flush(struct conf *cf, uint32_t when)
 {

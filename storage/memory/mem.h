@@ -204,8 +204,8 @@ unsigned store_mem_slab_id(struct store *s, uint64_t total);
 struct item *store_mem_item_alloc(struct store *s, uint64_t total,
                                   uint32_t now);
 
-/* Returns an unlinked chunk whose last reference is gone. */
-void store_mem_item_free(struct store *s, struct item *it);
+/* Returns an unlinked chunk whose last reference is gone; sets *it NULL. */
+void store_mem_item_free(struct store *s, struct item **it);
 
 /* Drops one reference; frees the chunk when it was the last. */
 void store_mem_item_unref(struct store *s, struct item *it);

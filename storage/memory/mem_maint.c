@@ -94,6 +94,16 @@ maint_work(struct store *s, uint32_t now)
     return false;
 }
 
+/* Whole seconds from a to b: never rounds up, so never runs ahead. */
+static uint32_t
+elapsed_s(const struct timespec *a, const struct timespec *b)
+{
+    int64_t ms = (int64_t)(b->tv_sec - a->tv_sec) * 1000 +
+                 (b->tv_nsec - a->tv_nsec) / 1000000;
+
+    return ms > 0 ? (uint32_t)(ms / 1000) : 0;
+}
+
 static void *
 maint_main(void *arg)
 {
@@ -117,7 +127,7 @@ maint_main(void *arg)
             seen = cur;
             base = ts;
         }
-        more = maint_work(s, seen + (uint32_t)(ts.tv_sec - base.tv_sec));
+        more = maint_work(s, seen + elapsed_s(&base, &ts));
 
         pthread_mutex_lock(&s->maint_lock);
         if (!more && !s->maint_stop) {

@@ -211,25 +211,15 @@ lru_pull_tail(struct store *s, struct mem_class *c, uint32_t now)
 
     while (it != NULL && tries > 0) {
         struct item *prev = it->lru_prev;
-        uint8_t fl = atomic_load_explicit(&it->iflags, memory_order_relaxed);
         uint64_t hv;
         pthread_mutex_t *m;
+        uint8_t fl;
         bool dead;
         bool flushed;
 
         if (atomic_load_explicit(&it->refcount, memory_order_acquire) > 1) {
             c->st.reflocked++;
             tries--;
-            it = prev;
-            continue;
-        }
-        if (!s->no_evict && (fl & IT_ACTIVE) != 0 && moves < PULL_MOVES_MAX) {
-            atomic_fetch_and_explicit(&it->iflags, (uint8_t)~IT_ACTIVE,
-                                      memory_order_relaxed);
-            lru_remove(c, it);
-            lru_push_head(c, it);
-            c->st.moves_within_lru++;
-            moves++;
             it = prev;
             continue;
         }
@@ -253,6 +243,18 @@ lru_pull_tail(struct store *s, struct mem_class *c, uint32_t now)
         if (!dead && s->no_evict) {
             pthread_mutex_unlock(m);
             tries--;
+            it = prev;
+            continue;
+        }
+        if (!dead && (fl & IT_ACTIVE) != 0 && moves < PULL_MOVES_MAX) {
+            /* Read since we last looked: back to the head, once. */
+            atomic_fetch_and_explicit(&it->iflags, (uint8_t)~IT_ACTIVE,
+                                      memory_order_relaxed);
+            pthread_mutex_unlock(m);
+            lru_remove(c, it);
+            lru_push_head(c, it);
+            c->st.moves_within_lru++;
+            moves++;
             it = prev;
             continue;
         }
@@ -325,13 +327,14 @@ store_mem_item_alloc(struct store *s, uint64_t total, uint32_t now)
 }
 
 void
-store_mem_item_free(struct store *s, struct item *it)
+store_mem_item_free(struct store *s, struct item **it)
 {
-    struct mem_class *c = &s->cls[it->clsid];
+    struct mem_class *c = &s->cls[(*it)->clsid];
 
     pthread_mutex_lock(&c->lock);
-    free_push(c, it);
+    free_push(c, *it);
     pthread_mutex_unlock(&c->lock);
+    *it = NULL;
 }
 
 void
@@ -339,7 +342,7 @@ store_mem_item_unref(struct store *s, struct item *it)
 {
     if (atomic_fetch_sub_explicit(&it->refcount, 1,
                                   memory_order_acq_rel) == 1) {
-        store_mem_item_free(s, it);
+        store_mem_item_free(s, &it);
     }
 }
 

@@ -6,8 +6,10 @@
  * Values never change in place: a write links a new item and unlinks the
  * old one, so a pinned value stays intact until its release.
  */
+#include "storage/rules.h"
 #include "storage/memory/mem.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,7 +20,6 @@
 #define ITEM_MAX_LOWEST   1024u
 #define ITEM_MAX_HIGHEST  (1024u * 1024u * 1024u)
 #define HASH_SEED         0x2d358dccaa6c78a5ULL
-#define U64_DIGITS        20u
 
 bool
 store_mem_item_dead(struct store *s, const struct item *it, uint32_t now,
@@ -176,7 +177,9 @@ store_concat(struct store_thr *t, struct store_call *c, store_mode_e mode,
         goto out;
     }
     total = mem_item_total(k->len, (uint64_t)old->vlen + in->len);
-    if (total > s->item_max) {
+    if (total > s->item_max ||
+        store_too_large(s->item_max, k->len, old->flags,
+                        (size_t)old->vlen + in->len)) {
         rc = STORE_E2BIG;
         goto out;
     }
@@ -191,12 +194,14 @@ store_concat(struct store_thr *t, struct store_call *c, store_mode_e mode,
     }
     item_fill(nit, k, old->vlen + in->len, old->flags, old->exptime, c->now);
     v = item_value(nit);
-    if (mode == STORE_APPEND) {
-        memcpy(v, item_value(old), old->vlen);
-        memcpy(v + old->vlen, in->data, in->len);
-    } else {
-        memcpy(v, in->data, in->len);
-        memcpy(v + in->len, item_value(old), old->vlen);
+    /* memcpy wants valid pointers even for 0 bytes; data may be NULL. */
+    if (in->len > 0) {
+        memcpy(v + (mode == STORE_APPEND ? old->vlen : 0), in->data,
+               in->len);
+    }
+    if (old->vlen > 0) {
+        memcpy(v + (mode == STORE_APPEND ? 0 : in->len), item_value(old),
+               old->vlen);
     }
     if (in->cas != 0) {
         mem_ctr_inc(&t->ctr.cls[nit->clsid][CTR_CAS_HITS]);
@@ -246,6 +251,10 @@ mem_store(struct store_thr *t, struct store_call *c, store_mode_e mode,
     store_rc_e rc;
 
     note_now(s, c->now);
+    /* nkey is one byte: a longer key must never reach item_fill. */
+    if (k->len == 0 || k->len > STORE_KEY_MAX) {
+        return STORE_EINVAL;
+    }
     if (mode == STORE_APPEND || mode == STORE_PREPEND) {
         return store_concat(t, c, mode, k, in, hv, cas_out);
     }
@@ -258,7 +267,9 @@ mem_store(struct store_thr *t, struct store_call *c, store_mode_e mode,
         return STORE_ENOMEM;
     }
     item_fill(nit, k, in->len, in->flags, in->exptime, c->now);
-    memcpy(item_value(nit), in->data, in->len);
+    if (in->len > 0) {
+        memcpy(item_value(nit), in->data, in->len);
+    }
 
     pthread_mutex_lock(m);
     old = find_live(t, hv, k, c->now, false);
@@ -275,7 +286,7 @@ mem_store(struct store_thr *t, struct store_call *c, store_mode_e mode,
     }
     pthread_mutex_unlock(m);
     if (nit != NULL) {
-        store_mem_item_free(s, nit);
+        store_mem_item_free(s, &nit);
     }
     return rc;
 }
@@ -306,75 +317,16 @@ mem_del(struct store_thr *t, struct store_call *c, const struct store_key *k,
 }
 
 /*
- * memcached's safe_strtoull over a value that is not NUL-terminated: digits
- * after optional blanks and sign, ending at the value's end or a blank; no
- * overflow; a '-' only when the result does not look negative as signed.
+ * Links a decimal value for key in place of old, padded to old's length
+ * as memcached's in-place rewrite leaves it; caller holds the stripe.
  */
-static bool
-parse_u64(const unsigned char *p, size_t n, uint64_t *out)
-{
-    size_t i = 0;
-    bool neg = false;
-    bool digits = false;
-    uint64_t v = 0;
-
-    while (i < n && (p[i] == ' ' || (p[i] >= '\t' && p[i] <= '\r'))) {
-        i++;
-    }
-    if (i < n && (p[i] == '+' || p[i] == '-')) {
-        neg = p[i] == '-';
-        i++;
-    }
-    for (; i < n && p[i] >= '0' && p[i] <= '9'; i++) {
-        uint64_t d = (uint64_t)(p[i] - '0');
-
-        if (v > (UINT64_MAX - d) / 10) {
-            return false;
-        }
-        v = v * 10 + d;
-        digits = true;
-    }
-    if (!digits) {
-        return false;
-    }
-    if (i < n && !(p[i] == ' ' || (p[i] >= '\t' && p[i] <= '\r'))) {
-        return false;
-    }
-    if (neg) {
-        v = (uint64_t)0 - v;
-        if ((int64_t)v < 0) {
-            return false;
-        }
-    }
-    *out = v;
-    return true;
-}
-
-/* Writes v in decimal without padding; returns the length. */
-static size_t
-format_u64(uint64_t v, char *buf)
-{
-    char tmp[U64_DIGITS];
-    size_t n = 0;
-
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++) {
-        buf[i] = tmp[n - 1 - i];
-    }
-    return n;
-}
-
-/* Links a decimal value for key in place of old; caller holds stripe. */
 static store_rc_e
 arith_put(struct store_thr *t, struct store_call *c, uint64_t hv,
           const struct store_key *k, uint64_t v, uint32_t flags,
           uint32_t exptime, struct item *old, uint64_t *cas_out)
 {
-    char buf[U64_DIGITS];
-    size_t n = format_u64(v, buf);
+    size_t old_len = old != NULL ? old->vlen : 0;
+    size_t n = arith_len(v, old_len);
     struct item *nit = store_mem_item_alloc(t->s, mem_item_total(k->len, n),
                                             c->now);
 
@@ -382,7 +334,7 @@ arith_put(struct store_thr *t, struct store_call *c, uint64_t hv,
         return STORE_ENOMEM;
     }
     item_fill(nit, k, (uint32_t)n, flags, exptime, c->now);
-    memcpy(item_value(nit), buf, n);
+    (void)arith_format(v, old_len, (char *)item_value(nit));
     commit(t, hv, nit, old);
     *cas_out = nit->cas;
     return STORE_OK;
@@ -400,6 +352,9 @@ mem_arith(struct store_thr *t, struct store_call *c, const struct store_key *k,
     store_rc_e rc;
 
     note_now(s, c->now);
+    if (k->len == 0 || k->len > STORE_KEY_MAX) {
+        return STORE_EINVAL;
+    }
     pthread_mutex_lock(m);
     it = find_live(t, hv, k, c->now, false);
     if (it == NULL) {
@@ -414,16 +369,12 @@ mem_arith(struct store_thr *t, struct store_call *c, const struct store_key *k,
         rc = STORE_EDELTA;
     } else if (d->cas != 0 && d->cas != it->cas) {
         rc = STORE_EEXISTS;
-    } else if (!parse_u64(item_value(it), it->vlen, &v)) {
+    } else if (!arith_parse((const char *)item_value(it), it->vlen, &v)) {
         rc = STORE_EDELTA;
     } else {
         mem_ctr_inc(&t->ctr.cls[it->clsid][d->decr ? CTR_DECR_HITS
                                                    : CTR_INCR_HITS]);
-        if (d->decr) {
-            v = d->by > v ? 0 : v - d->by;
-        } else {
-            v += d->by;
-        }
+        v = arith_apply(v, d->by, d->decr);
         rc = arith_put(t, c, hv, k, v, it->flags, it->exptime, it, cas_out);
     }
     pthread_mutex_unlock(m);
@@ -569,6 +520,15 @@ maint_sync_init(struct store *s)
     return ok;
 }
 
+/* Tells the opener why, when it gave room for a reason. */
+static void
+open_err(const struct store_cfg *cfg, const char *why)
+{
+    if (cfg->err != NULL && cfg->errlen > 0) {
+        snprintf(cfg->err, cfg->errlen, "memory: %s", why);
+    }
+}
+
 static store_rc_e
 mem_open(const struct store_cfg *cfg, struct store **out)
 {
@@ -580,10 +540,12 @@ mem_open(const struct store_cfg *cfg, struct store **out)
     store_rc_e rc = STORE_ENOMEM;
 
     *out = NULL;
-    s = calloc(1, sizeof(*s));
+    /* Class locks sit on their own cache lines: calloc is not enough. */
+    s = aligned_alloc(_Alignof(struct store), sizeof(*s));
     if (s == NULL) {
         return STORE_ENOMEM;
     }
+    memset(s, 0, sizeof(*s));
     s->mem_limit = cfg->mem_limit != 0 ? cfg->mem_limit : DEFAULT_MEM_LIMIT;
     s->item_max = cfg->item_max != 0 ? cfg->item_max : DEFAULT_ITEM_MAX;
     s->no_evict = cfg->no_evict;
@@ -602,13 +564,19 @@ mem_open(const struct store_cfg *cfg, struct store **out)
     if (!st.maint_sync) {
         goto fail;
     }
-    if (s->item_max < ITEM_MAX_LOWEST || s->item_max > ITEM_MAX_HIGHEST ||
-        !(factor > 1.0) || factor > 100.0) {
+    if (s->item_max < ITEM_MAX_LOWEST || s->item_max > ITEM_MAX_HIGHEST) {
+        open_err(cfg, "item size limit must be 1 KB to 1 GB");
+        rc = STORE_EINVAL;
+        goto fail;
+    }
+    if (!(factor > 1.0) || factor > 100.0) {
+        open_err(cfg, "growth factor must be above 1");
         rc = STORE_EINVAL;
         goto fail;
     }
     st.slabs = store_mem_slab_setup(s, chunk_min, factor);
     if (!st.slabs) {
+        open_err(cfg, "smallest chunk larger than the item size limit");
         rc = STORE_EINVAL;
         goto fail;
     }
