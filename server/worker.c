@@ -165,7 +165,11 @@ conn_free(struct conn *c)
     free(c);
 }
 
-/* Closes the socket now; the struct lives on until no write is pending. */
+/*
+ * Closes the socket now. The struct is freed by the event callbacks once
+ * they are done with it and no write is pending (conn_reap), so a close
+ * deep inside a read never leaves a caller holding freed memory.
+ */
 static void
 conn_close(struct conn *c)
 {
@@ -182,9 +186,17 @@ conn_close(struct conn *c)
     if (w->srv->cfg->verbose > 1) {
         fprintf(stderr, "<%d connection closed.\n", c->fd);
     }
-    if (c->pending == 0) {
+}
+
+/* Frees a closed connection once no write is pending; true if freed. */
+static bool
+conn_reap(struct conn *c)
+{
+    if (c->closed && c->pending == 0) {
         conn_free(c);
+        return true;
     }
+    return false;
 }
 
 static void
@@ -506,25 +518,18 @@ conn_cb(struct ev_loop *loop, ev_io *io, int revents)
     struct conn *c = (struct conn *)io;
 
     (void)loop;
-    if (revents & EV_WRITE) {
-        if (!conn_flush(c)) {
-            return;
-        }
-        if (reply_queued(&c->out) <= OUT_HIGH_WATER && c->in != NULL &&
-            c->in_end > c->in_start) {
-            /* Requests held back by back-pressure can run now. */
-            if (!conn_run(c, c->in + c->in_start, c->in_end - c->in_start)) {
-                return;
-            }
-        }
+    if ((revents & EV_WRITE) && conn_flush(c) &&
+        reply_queued(&c->out) <= OUT_HIGH_WATER && c->in != NULL &&
+        c->in_end > c->in_start) {
+        /* Requests held back by back-pressure can run now. */
+        (void)conn_run(c, c->in + c->in_start, c->in_end - c->in_start);
     }
-    if (revents & EV_READ) {
+    if ((revents & EV_READ) && !c->closed) {
         conn_read(c);
-        if (c->closed) {
-            return;
-        }
     }
-    conn_update(c);
+    if (!conn_reap(c) && !c->closed) {
+        conn_update(c);
+    }
 }
 
 static void
@@ -541,7 +546,9 @@ worker_wake(struct ev_loop *loop, ev_async *a, int revents)
     do {
         pthread_mutex_lock(&w->lock);
         nfd = w->nnew < 64 ? w->nnew : 64;
-        memcpy(fds, w->newfds + (w->nnew - nfd), nfd * sizeof(int));
+        if (nfd > 0) {
+            memcpy(fds, w->newfds + (w->nnew - nfd), nfd * sizeof(int));
+        }
         w->nnew -= nfd;
         done = w->done;
         w->done = NULL;
@@ -563,13 +570,10 @@ worker_wake(struct ev_loop *loop, ev_async *a, int revents)
     } while (nfd == 64);
     for (struct conn *c = done, *next; c != NULL; c = next) {
         next = c->done_next;
-        if (c->closed) {
-            if (c->pending == 0) {
-                conn_free(c);
-            }
-        } else if (c->pending == 0 && conn_flush(c)) {
+        if (!c->closed && c->pending == 0 && conn_flush(c)) {
             conn_update(c);
         }
+        (void)conn_reap(c);
     }
     if (stopping) {
         /* Requests already read have been answered; send what is queued
@@ -580,6 +584,7 @@ worker_wake(struct ev_loop *loop, ev_async *a, int revents)
                 (void)conn_flush(c);
                 conn_close(c);
             }
+            (void)conn_reap(c);
         }
         if (w->conns == NULL) {
             ev_break(loop, EVBREAK_ALL);
@@ -691,6 +696,10 @@ worker_main(void *arg)
     for (struct conn *c = w->conns, *next; c != NULL; c = next) {
         next = c->next;
         conn_close(c);
+        /* A write still pending at exit: the store is closed next, and
+         * nobody will call back. */
+        c->pending = 0;
+        (void)conn_reap(c);
     }
     return NULL;
 }

@@ -1846,10 +1846,11 @@ START_TEST(touch_and_gat)
     expect_hit(fd, "t", "tv", 2, 0xdeadbeefu, cas);
 
     /* TTLs: GAT with 1 s expires the item; TOUCH with 0 makes an expiring
-     * one permanent. */
+     * one permanent (2 s, so a second boundary between SET and TOUCH
+     * cannot expire it first). */
     {
         static const uint8_t zero[4] = { 0, 0, 0, 0 };
-        uint64_t ce = set_kv(fd, "e", "ev", 2, 0, 1);
+        uint64_t ce = set_kv(fd, "e", "ev", 2, 0, 2);
 
         tu_put32(ext, 0);
         sendreq(fd, OP_TOUCH, ext, 4, "e", NULL, 0, 0x36, 0);

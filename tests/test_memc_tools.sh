@@ -32,7 +32,8 @@ ok() {
 }
 
 for tool in memccp memccat memcrm memcflush memcstat; do
-    command -v "$tool" >/dev/null || fail "$tool not found (libmemcached-tools)"
+    command -v "$tool" >/dev/null \
+        || fail "$tool not found (libmemcached-tools)"
 done
 [ -x "$BIN" ] || fail "stashd binary $BIN not found"
 

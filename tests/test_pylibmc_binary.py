@@ -143,7 +143,7 @@ def multi(mc):
 
 @check
 def touch(mc):
-    assert mc.set("t", b"tv", time=1)
+    assert mc.set("t", b"tv", time=2)
     assert mc.touch("t", 0)                 # now never expires
     assert mc.set("t2", b"tv2")
     assert mc.touch("t2", 1)                # now expires in a second
