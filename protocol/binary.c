@@ -14,7 +14,8 @@
 enum bin_part {
     PART_FORBIDDEN = 0,
     PART_REQUIRED,
-    PART_OPTIONAL
+    PART_OPTIONAL,
+    PART_TRAILING     /* not part of the packet: see bin_shape[] */
 };
 
 /* What the extras hold, so the decoder knows how to unpack them. */
@@ -63,12 +64,14 @@ struct bin_shape {
     SHAPE(base_, q_, false, 0, 0, PART_FORBIDDEN, PART_FORBIDDEN,        \
           EXTRAS_NONE)
 #define TOUCH_LIKE(base_, q_, k_) \
-    SHAPE(base_, q_, k_, 4, 4, PART_REQUIRED, PART_FORBIDDEN, EXTRAS_EXPTIME)
+    SHAPE(base_, q_, k_, 4, 4, PART_REQUIRED, PART_TRAILING, EXTRAS_EXPTIME)
 
 /*
- * The only place packet shapes live. memcached 1.6.18 ignores the value
- * bytes of TOUCH, the GAT family and STAT and parses them as the next
- * request; we refuse them (EINVAL) rather than let a packet smuggle another.
+ * The only place packet shapes live. memcached 1.6.18 reads only the extras
+ * and key of TOUCH, the GAT family and STAT and parses any bytes the body
+ * length counts beyond them as the next request (PART_TRAILING). We do the
+ * same, so a client's stream is cut into requests exactly as memcached
+ * cuts it: what would run there runs here, and nothing else.
  */
 static const struct bin_shape bin_shape[256] = {
     [PROTO_BIN_GET]       = GET_LIKE(PROTO_BIN_GET, false, false),
@@ -102,7 +105,7 @@ static const struct bin_shape bin_shape[256] = {
     [PROTO_BIN_NOOP]      = BARE(PROTO_BIN_NOOP, false),
     [PROTO_BIN_VERSION]   = BARE(PROTO_BIN_VERSION, false),
     [PROTO_BIN_STAT]      = SHAPE(PROTO_BIN_STAT, false, false, 0, 0,
-                                  PART_OPTIONAL, PART_FORBIDDEN,
+                                  PART_OPTIONAL, PART_TRAILING,
                                   EXTRAS_NONE),
     [PROTO_BIN_TOUCH]     = TOUCH_LIKE(PROTO_BIN_TOUCH, false, false),
     [PROTO_BIN_GAT]       = TOUCH_LIKE(PROTO_BIN_GAT, false, false),
@@ -256,6 +259,10 @@ proto_bin_decode(const uint8_t *buf, size_t len, size_t max_value,
     }
     if (sh->unsupported) {
         return PROTO_EUNKNOWN;
+    }
+    if (sh->value == PART_TRAILING) {
+        rq->bodylen = fixed;
+        rq->vlen = 0;
     }
     if (sh->value != PART_FORBIDDEN && rq->vlen > max_value) {
         return PROTO_E2BIG;
