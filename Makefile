@@ -1,11 +1,13 @@
 # Quick start on a fresh Debian 12 machine (as root):
 #   make run    installs what is missing, builds, runs stashd on 127.0.0.1:11211
+#               with the lmdb backend, its data in ./data
 #   make test   installs what is missing, builds, runs every test, then the
 #               same suite again under AddressSanitizer + UBSan
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
-RUN_ARGS   ?= -v
+DATA_DIR   ?= data
+RUN_ARGS   ?= -v --data-dir $(DATA_DIR)
 
 PACKAGES = build-essential cmake pkg-config libev-dev check liblmdb-dev \
            libsqlite3-dev memcached python3-pymemcache python3-pylibmc \

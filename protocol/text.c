@@ -97,8 +97,8 @@ static const char *const error_text[] = {
     [PROTO_TEXT_E_NONE] = "",
     [PROTO_TEXT_E_ERROR] = "ERROR",
     [PROTO_TEXT_E_FORMAT] = "CLIENT_ERROR bad command line format",
-    [PROTO_TEXT_E_DELETE_USAGE] = "CLIENT_ERROR bad command line format."
-                                  "  Usage: delete <key> [noreply]",
+    [PROTO_TEXT_E_DELETE_USAGE] = ("CLIENT_ERROR bad command line format."
+                                   "  Usage: delete <key> [noreply]"),
     [PROTO_TEXT_E_DELTA] = "CLIENT_ERROR invalid numeric delta argument",
     [PROTO_TEXT_E_EXPTIME] = "CLIENT_ERROR invalid exptime argument",
     [PROTO_TEXT_E_CHUNK] = "CLIENT_ERROR bad data chunk",
@@ -119,11 +119,11 @@ static const char *const reply_text[PROTO_TEXT_R_COUNT] = {
     [PROTO_TEXT_R_END] = "END",
     [PROTO_TEXT_R_MN] = "MN",
     [PROTO_TEXT_R_ERROR] = "ERROR",
-    [PROTO_TEXT_R_NON_NUMERIC] = "CLIENT_ERROR cannot increment or decrement"
-                                 " non-numeric value",
+    [PROTO_TEXT_R_NON_NUMERIC] = ("CLIENT_ERROR cannot increment or decrement"
+                                  " non-numeric value"),
     [PROTO_TEXT_R_NO_MEMORY] = "SERVER_ERROR out of memory storing object",
-    [PROTO_TEXT_R_DETAIL_USAGE] = "CLIENT_ERROR usage: stats detail"
-                                  " on|off|dump",
+    [PROTO_TEXT_R_DETAIL_USAGE] = ("CLIENT_ERROR usage: stats detail"
+                                   " on|off|dump"),
 };
 
 /* ---- tokens ---- */

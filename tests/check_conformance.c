@@ -17,6 +17,9 @@
 
 static const struct store_ops *const backends[] = {
     &store_mem_ops,
+#ifdef STASHD_HAVE_LMDB
+    &store_lmdb_ops,
+#endif
 };
 
 #define NBACKENDS ((int)(sizeof(backends) / sizeof(backends[0])))

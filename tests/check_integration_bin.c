@@ -1521,7 +1521,8 @@ START_TEST(stat_general)
     ck_assert_str_eq(stat_get(s, n, "cmd_set"), "1");
     ck_assert_str_eq(stat_get(s, n, "threads"), "3");
     ck_assert_str_eq(stat_get(s, n, "max_connections"), "77");
-    ck_assert_str_eq(stat_get(s, n, "backend"), "memory");
+    ck_assert_str_eq(stat_get(s, n, "backend"),
+                     tu_backend() != NULL ? tu_backend() : "lmdb");
     ck_assert_str_eq(stat_get(s, n, "curr_items"), "1");
     (void)stat_get(s, n, "version");
     (void)stat_get(s, n, "bytes_read");

@@ -20,6 +20,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# $STASHD_BACKEND picks the backend; its data lives under $TMP.
+BACKEND_ARGS=()
+if [ -n "${STASHD_BACKEND:-}" ]; then
+    BACKEND_ARGS=(--backend "$STASHD_BACKEND")
+    if [ "$STASHD_BACKEND" != memory ]; then
+        BACKEND_ARGS+=(--data-dir "$TMP/data")
+    fi
+fi
+
 fail() {
     echo "FAIL: $*" >&2
     echo "$passed passed, 1 failed"
@@ -47,7 +56,7 @@ for attempt in 1 2 3 4 5; do
     if port_in_use "$PORT"; then
         continue
     fi
-    "$BIN" -p "$PORT" -l 127.0.0.1 2>"$TMP/stderr" &
+    "$BIN" -p "$PORT" -l 127.0.0.1 "${BACKEND_ARGS[@]}" 2>"$TMP/stderr" &
     PID=$!
     for _ in $(seq 1 200); do
         if port_in_use "$PORT"; then

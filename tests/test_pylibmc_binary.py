@@ -13,6 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+import atexit
+import shutil
+import tempfile
 import traceback
 
 import pylibmc
@@ -35,10 +38,24 @@ def free_port():
     return port
 
 
+def backend_args():
+    """$STASHD_BACKEND's flags, with a data directory removed at exit."""
+    backend = os.environ.get("STASHD_BACKEND")
+    if not backend:
+        return []
+    if backend == "memory":
+        return ["--backend", "memory"]
+    path = tempfile.mkdtemp(prefix="stashd-test-")
+    atexit.register(shutil.rmtree, path, True)
+    return ["--backend", backend, "--data-dir", path]
+
+
 def start_server():
+    extra = backend_args()
     for _ in range(5):
         port = free_port()
-        proc = subprocess.Popen([BIN, "-p", str(port), "-l", "127.0.0.1"],
+        proc = subprocess.Popen([BIN, "-p", str(port), "-l", "127.0.0.1"] +
+                                extra,
                                 stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         deadline = time.monotonic() + 5

@@ -13,9 +13,14 @@
 /* The stashd binary under test: $STASHD_BIN, else ./build/stashd. */
 const char *tu_bin(void);
 
+/* $STASHD_BACKEND, the backend integration tests run against, or NULL. */
+const char *tu_backend(void);
+
 /*
  * Starts stashd -p <free port> -l 127.0.0.1 plus args (NULL-terminated, may
- * be NULL) and waits until it accepts; returns its pid, or -1.
+ * be NULL) and waits until it accepts; returns its pid, or -1. Without
+ * --backend in args it runs on tu_backend() with a fresh data directory,
+ * removed when the server is stopped or killed.
  */
 pid_t tu_server_start(const char *const *args, uint16_t *port);
 

@@ -14,6 +14,8 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <dirent.h>
+#include <stdbool.h>
 #include <unistd.h>
 
 const char *
@@ -86,9 +88,89 @@ die_with_parent(void)
     }
 }
 
+/*
+ * $STASHD_BACKEND runs the same integration tests against each backend:
+ * a server started without --backend gets that one and, unless it is
+ * memory, a fresh data directory that is removed when the server stops.
+ */
+struct backend_dir {
+    pid_t pid;
+    char  path[64];
+};
+
+static struct backend_dir dirs[64];
+
+static bool
+has_backend_arg(const char *const *args)
+{
+    for (int i = 0; args != NULL && args[i] != NULL; i++) {
+        if (strncmp(args[i], "--backend", 9) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void
+remove_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    char f[512];
+
+    if (d == NULL) {
+        return;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+            snprintf(f, sizeof(f), "%s/%s", path, e->d_name);
+            unlink(f);
+        }
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+static void
+forget_dir(pid_t pid)
+{
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        if (dirs[i].pid == pid && pid > 0) {
+            remove_dir(dirs[i].path);
+            dirs[i].pid = 0;
+        }
+    }
+}
+
+const char *
+tu_backend(void)
+{
+    const char *b = getenv("STASHD_BACKEND");
+
+    return b != NULL && b[0] != '\0' ? b : NULL;
+}
+
 pid_t
 tu_server_start(const char *const *args, uint16_t *port)
 {
+    const char *backend = has_backend_arg(args) ? NULL : tu_backend();
+    struct backend_dir *slot = NULL;
+
+    if (backend != NULL && strcmp(backend, "memory") != 0) {
+        for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+            if (dirs[i].pid == 0) {
+                slot = &dirs[i];
+                break;
+            }
+        }
+        if (slot == NULL) {
+            return -1;
+        }
+        snprintf(slot->path, sizeof(slot->path), "/tmp/stashd-test-XXXXXX");
+        if (mkdtemp(slot->path) == NULL) {
+            return -1;
+        }
+    }
     for (int attempt = 0; attempt < 5; attempt++) {
         const char *argv[64];
         char pbuf[16];
@@ -105,6 +187,14 @@ tu_server_start(const char *const *args, uint16_t *port)
         argv[n++] = pbuf;
         argv[n++] = "-l";
         argv[n++] = "127.0.0.1";
+        if (backend != NULL) {
+            argv[n++] = "--backend";
+            argv[n++] = backend;
+        }
+        if (slot != NULL) {
+            argv[n++] = "--data-dir";
+            argv[n++] = slot->path;
+        }
         for (int i = 0; args != NULL && args[i] != NULL && n < 62; i++) {
             argv[n++] = args[i];
         }
@@ -125,6 +215,9 @@ tu_server_start(const char *const *args, uint16_t *port)
             if (fd >= 0) {
                 close(fd);
                 *port = p;
+                if (slot != NULL) {
+                    slot->pid = pid;
+                }
                 return pid;
             }
             if (waitpid(pid, &st, WNOHANG) == pid) {
@@ -136,6 +229,9 @@ tu_server_start(const char *const *args, uint16_t *port)
         if (pid > 0) {
             tu_server_kill(pid);
         }
+    }
+    if (slot != NULL) {
+        remove_dir(slot->path);
     }
     return -1;
 }
@@ -153,12 +249,14 @@ tu_server_stop(pid_t pid)
         pid_t r = waitpid(pid, &st, WNOHANG);
 
         if (r == pid) {
+            forget_dir(pid);
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         }
         sleep_ms(10);
     }
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
+    forget_dir(pid);
     return -1;
 }
 
@@ -170,6 +268,7 @@ tu_server_kill(pid_t pid)
     if (pid > 0) {
         kill(pid, SIGKILL);
         waitpid(pid, &st, 0);
+        forget_dir(pid);
     }
 }
 
