@@ -13,6 +13,9 @@ static const struct store_ops *const backends[] = {
 #ifdef STASHD_HAVE_LMDB
     &store_lmdb_ops,
 #endif
+#ifdef STASHD_HAVE_SQLITE
+    &store_sqlite_ops,
+#endif
 };
 
 const struct store_ops *

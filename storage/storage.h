@@ -213,4 +213,7 @@ extern const struct store_ops store_mem_ops;
 /* The lmdb backend: persistent, one LMDB environment per data directory. */
 extern const struct store_ops store_lmdb_ops;
 
+/* The sqlite backend: persistent, one WAL-mode database per data directory. */
+extern const struct store_ops store_sqlite_ops;
+
 #endif /* STASHD_STORAGE_H */

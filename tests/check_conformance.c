@@ -20,6 +20,9 @@ static const struct store_ops *const backends[] = {
 #ifdef STASHD_HAVE_LMDB
     &store_lmdb_ops,
 #endif
+#ifdef STASHD_HAVE_SQLITE
+    &store_sqlite_ops,
+#endif
 };
 
 #define NBACKENDS ((int)(sizeof(backends) / sizeof(backends[0])))
