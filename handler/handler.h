@@ -8,6 +8,7 @@
 #ifndef STASHD_HANDLER_H
 #define STASHD_HANDLER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -72,6 +73,10 @@ struct hsettings {
     uint32_t    started;       /* unix time the process started */
     long        pid;
     _Atomic int verbosity;     /* rw: the verbosity command sets it */
+    /* rw, under reset_lock: the backend's counters at the last "stats
+     * reset", subtracted from what it reports since. */
+    pthread_mutex_t    reset_lock;
+    struct store_stats reset_base;
 };
 
 /* Callbacks into the server for figures only it has. */

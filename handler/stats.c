@@ -32,6 +32,40 @@ str(struct line *l, const char *name, const char *v)
     l->emit(l->arg, name, v);
 }
 
+/* The backend's figures, its counters taken from the last stats reset. */
+static void
+backend_stats(struct hctx *cx, struct store_stats *st)
+{
+    struct store_stats b;
+
+    cx->ops->stats(cx->thr, st);
+    pthread_mutex_lock(&cx->set->reset_lock);
+    b = cx->set->reset_base;
+    pthread_mutex_unlock(&cx->set->reset_lock);
+#define SINCE(f) st->f = st->f > b.f ? st->f - b.f : 0
+    SINCE(total_items);
+    SINCE(evictions);
+    SINCE(expired_unfetched);
+    SINCE(evicted_unfetched);
+    SINCE(reclaimed);
+    SINCE(get_expired);
+    SINCE(get_flushed);
+#undef SINCE
+}
+
+static void
+reset(struct hctx *cx)
+{
+    struct store_stats st;
+
+    memset(&st, 0, sizeof(st));
+    cx->ops->stats(cx->thr, &st);
+    pthread_mutex_lock(&cx->set->reset_lock);
+    cx->set->reset_base = st;
+    pthread_mutex_unlock(&cx->set->reset_lock);
+    cx->srv->reset_stats(cx->srv->arg);
+}
+
 static void
 general(struct hctx *cx, struct line *l)
 {
@@ -56,7 +90,7 @@ general(struct hctx *cx, struct line *l)
     memset(&st, 0, sizeof(st));
     cx->srv->sum_stats(cx->srv->arg, &s);
     cx->srv->conn_stats(cx->srv->arg, &c);
-    cx->ops->stats(cx->thr, &st);
+    backend_stats(cx, &st);
     getrusage(RUSAGE_SELF, &ru);
 
     u64(l, "pid", (uint64_t)cx->set->pid);
@@ -197,7 +231,7 @@ handler_stats(struct hctx *cx, const char *group, handler_stat_fn emit,
         return true;
     }
     if (strcmp(group, "reset") == 0) {
-        cx->srv->reset_stats(cx->srv->arg);
+        reset(cx);
         return true;
     }
     if (strcmp(group, "items") == 0 || strcmp(group, "slabs") == 0 ||

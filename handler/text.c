@@ -271,13 +271,41 @@ stat_line(void *arg, const char *name, const char *val)
     }
 }
 
+/*
+ * stats detail: stashd keeps no per-prefix figures, so "on" and "off" are
+ * accepted and "dump" lists nothing, as memcached's does with detail off.
+ */
+static void
+text_stats_detail(struct hctx *cx, const struct proto_text_req *rq)
+{
+    size_t pos = 0;
+    const char *tok = NULL;
+    size_t len = 0;
+
+    /* args holds "detail <what>": skip the first token. */
+    (void)proto_text_next_key(rq, &pos, &tok, &len);
+    if (!proto_text_next_key(rq, &pos, &tok, &len)) {
+        len = 0;
+    }
+    if ((len == 2 && memcmp(tok, "on", 2) == 0) ||
+        (len == 3 && memcmp(tok, "off", 3) == 0)) {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_OK));
+    } else if (len == 4 && memcmp(tok, "dump", 4) == 0) {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_END));
+    } else {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_DETAIL_USAGE));
+    }
+}
+
 static handler_act_e
 text_stats(struct hctx *cx, const struct proto_text_req *rq)
 {
     char group[PROTO_KEY_MAX + 1];
     size_t n = rq->keylen < PROTO_KEY_MAX ? rq->keylen : PROTO_KEY_MAX;
 
-    memcpy(group, rq->key, n);
+    if (n > 0) {
+        memcpy(group, rq->key, n);
+    }
     group[n] = '\0';
     if (strcmp(group, "reset") == 0) {
         (void)handler_stats(cx, group, stat_line, cx);
@@ -285,7 +313,7 @@ text_stats(struct hctx *cx, const struct proto_text_req *rq)
         return HANDLER_CONTINUE;
     }
     if (strcmp(group, "detail") == 0) {
-        line(cx, proto_text_reply_text(PROTO_TEXT_R_DETAIL_USAGE));
+        text_stats_detail(cx, rq);
         return HANDLER_CONTINUE;
     }
     if (!handler_stats(cx, group, stat_line, cx)) {

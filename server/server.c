@@ -184,6 +184,7 @@ server_run(const struct server_cfg *cfg)
     s.set.started = (uint32_t)time(NULL) - 2;
     s.set.pid = (long)getpid();
     atomic_store(&s.set.verbosity, cfg->verbose);
+    pthread_mutex_init(&s.set.reset_lock, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     s.lfd = cfg->unix_path != NULL ? listen_unix(cfg->unix_path)
@@ -276,5 +277,6 @@ out:
     if (cfg->pidfile != NULL) {
         unlink(cfg->pidfile);
     }
+    pthread_mutex_destroy(&s.set.reset_lock);
     return status;
 }

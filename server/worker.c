@@ -612,6 +612,8 @@ worker_reset(void *arg)
 {
     struct server *s = arg;
 
+    atomic_store(&s->total_conns, 0);
+    atomic_store(&s->rejected_conns, 0);
     /* Another thread's counters are reset from here; a racing increment
      * may survive, which memcached's own stats reset tolerates too. */
     for (unsigned i = 0; i < s->nworkers; i++) {

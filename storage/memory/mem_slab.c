@@ -132,8 +132,10 @@ page_new(struct store *s, struct mem_class *c)
     unsigned char *page;
 
     do {
-        /* The first page may exceed a limit below one page. */
-        if (cur != 0 && cur + c->page_bytes > s->mem_limit) {
+        /* Every class may have its first page over the limit, as in
+         * memcached: else a size that comes late would find every page
+         * taken by other classes and could never be stored at all. */
+        if (c->npages != 0 && cur + c->page_bytes > s->mem_limit) {
             return false;
         }
     } while (!atomic_compare_exchange_weak_explicit(&s->malloced, &cur,
