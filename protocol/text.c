@@ -549,6 +549,16 @@ proto_text_decode(const char *buf, size_t len, size_t max_value,
     if (nl == NULL) {
         return unterminated(buf, len, rq, used);
     }
+    if ((size_t)(nl - buf) >= PROTO_TEXT_READ_MAX) {
+        /* memcached reads at most this much at once, so it never sees
+         * this '\n' before judging the line unterminated. */
+        proto_rc_e rc = unterminated(buf, PROTO_TEXT_READ_MAX, rq, used);
+
+        if (rc == PROTO_EMAGIC) {
+            return rc;
+        }
+        memset(rq, 0, sizeof(*rq));
+    }
     line_len = (size_t)(nl - buf);
     cx.buf = buf;
     cx.len = len;

@@ -23,6 +23,11 @@
  * whose '\n' is already in the buffer is parsed whatever its length.
  */
 #define PROTO_TEXT_LINE_MAX 2048
+/*
+ * memcached reads at most this many bytes at a time: a non-get line whose
+ * '\n' comes later is judged without it, and closes the connection.
+ */
+#define PROTO_TEXT_READ_MAX 16384
 #define PROTO_TEXT_LEAD_MAX 100
 /* memcached splits at most this many tokens off a line, then the rest. */
 #define PROTO_TEXT_TOKENS_MAX 23
