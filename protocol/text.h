@@ -20,7 +20,8 @@
  * An unterminated line longer than this closes the connection, unless it
  * starts (after at most PROTO_TEXT_LEAD_MAX spaces) with "get " or "gets ",
  * which may grow without bound (memcached try_read_command_ascii). A line
- * whose '\n' is already in the buffer is parsed whatever its length.
+ * whose '\n' is already in the buffer is parsed, if that '\n' lies within
+ * the first PROTO_TEXT_READ_MAX bytes.
  */
 #define PROTO_TEXT_LINE_MAX 2048
 /*

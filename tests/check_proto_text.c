@@ -791,6 +791,21 @@ START_TEST(unterminated_lines)
                                  &used),
                      PROTO_EINVAL);
     ck_assert_uint_eq(used, 2000);
+    /* a '\n' past memcached's 16 KB read comes too late, but for a get */
+    ck_assert_int_eq(decode_fill("", 'x', 16384, "\r\n", &rq, &used),
+                     PROTO_EUNKNOWN);
+    ck_assert_int_eq(decode_fill("", 'x', 16386, "\r\n", &rq, &used),
+                     PROTO_EMAGIC);
+    ck_assert_int_eq(rq.err, PROTO_TEXT_E_LINE_TOO_LONG);
+    ck_assert_int_eq(decode_fill("", 'x', 17002, "\r\nversion\r\n", &rq,
+                                 &used),
+                     PROTO_EMAGIC);
+    ck_assert_int_eq(decode_fill("get ", 'y', 40000, " n\r\n", &rq, &used),
+                     PROTO_EINVAL);
+    ck_assert_int_eq(rq.err, PROTO_TEXT_E_FORMAT);
+    ck_assert_int_eq(decode_fill("get ", ' ', 40000, "n\r\n", &rq, &used),
+                     PROTO_OK);
+    ck_assert_uint_eq(rq.nkeys, 1);
     /* nothing at all */
     ck_assert_int_eq(decode("", 0, MAX_VALUE, &rq, &used), PROTO_NEED_MORE);
     ck_assert_uint_eq(used, 1);
