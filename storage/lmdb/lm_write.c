@@ -14,7 +14,9 @@
  */
 #include "storage/lmdb/lm.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/statvfs.h>
 
 #include "storage/rules.h"
 
@@ -832,6 +834,19 @@ evict_for_map(struct store *s, uint32_t now)
     (void)run_txn(s, &op, true);
 }
 
+/* Whether the data directory's file system has (almost) no room left. */
+static bool
+disk_full(const struct store *s)
+{
+    struct statvfs v;
+
+    if (statvfs(s->dir, &v) != 0) {
+        return false;
+    }
+    /* A commit writes whole pages: under a few of them free is full. */
+    return (uint64_t)v.f_bavail * v.f_frsize < 64 * 1024;
+}
+
 /* Runs a batch; on failure reruns each op alone so only the bad one fails. */
 static void
 run_batch(struct store *s, struct lm_op *batch)
@@ -852,6 +867,11 @@ run_batch(struct store *s, struct lm_op *batch)
                 evict_for_map(s, op->now);
                 rc = run_txn(s, op, true);
             }
+        }
+        if (rc == EIO && disk_full(s)) {
+            /* LMDB reports a short write as EIO; on a full disk that is
+             * "out of space" for this write, not a broken store. */
+            rc = ENOSPC;
         }
         if (rc != 0) {
             op->rc = store_lmdb_rc(rc);
