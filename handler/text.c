@@ -34,6 +34,16 @@ fixed(struct hctx *cx, const struct proto_text_req *rq, proto_text_reply_e r)
     }
 }
 
+/* A backend failure memcached cannot have, as a SERVER_ERROR line. */
+static void
+server_error(struct hctx *cx, store_rc_e rc)
+{
+    char buf[96];
+
+    snprintf(buf, sizeof(buf), "SERVER_ERROR %s", store_strerror(rc));
+    line(cx, buf);
+}
+
 /* One storage result as the text line memcached sends for it. */
 static proto_text_reply_e
 text_reply_for(store_rc_e rc, bool cas)
@@ -150,6 +160,13 @@ text_store(struct hctx *cx, const struct proto_text_req *rq)
     if (rc == STORE_E2BIG) {
         if (!rq->noreply) {
             line(cx, proto_text_error_text(PROTO_TEXT_E_TOO_LARGE));
+        }
+        return HANDLER_CONTINUE;
+    }
+    if (rc == STORE_EIO || rc == STORE_ECORRUPT) {
+        /* memcached has no such failure; say what happened. */
+        if (!rq->noreply) {
+            server_error(cx, rc);
         }
         return HANDLER_CONTINUE;
     }
