@@ -512,17 +512,28 @@ conn_read(struct conn *c)
     }
 }
 
+/*
+ * Sends what is queued and, once the queue is below the high-water mark,
+ * runs the requests that back-pressure held back: their bytes are already
+ * read, so no read event would ever bring them up again.
+ */
+static void
+conn_resume(struct conn *c)
+{
+    if (conn_flush(c) && reply_queued(&c->out) <= OUT_HIGH_WATER &&
+        c->in != NULL && c->in_end > c->in_start) {
+        (void)conn_run(c, c->in + c->in_start, c->in_end - c->in_start);
+    }
+}
+
 static void
 conn_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     struct conn *c = (struct conn *)io;
 
     (void)loop;
-    if ((revents & EV_WRITE) && conn_flush(c) &&
-        reply_queued(&c->out) <= OUT_HIGH_WATER && c->in != NULL &&
-        c->in_end > c->in_start) {
-        /* Requests held back by back-pressure can run now. */
-        (void)conn_run(c, c->in + c->in_start, c->in_end - c->in_start);
+    if (revents & EV_WRITE) {
+        conn_resume(c);
     }
     if ((revents & EV_READ) && !c->closed) {
         conn_read(c);
@@ -570,10 +581,12 @@ worker_wake(struct ev_loop *loop, ev_async *a, int revents)
     } while (nfd == 64);
     for (struct conn *c = done, *next; c != NULL; c = next) {
         next = c->done_next;
-        if (!c->closed && c->pending == 0 && conn_flush(c)) {
+        if (!c->closed && c->pending == 0) {
+            conn_resume(c);
+        }
+        if (!conn_reap(c) && !c->closed) {
             conn_update(c);
         }
-        (void)conn_reap(c);
     }
     if (stopping) {
         /* Requests already read have been answered; send what is queued
