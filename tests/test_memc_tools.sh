@@ -5,75 +5,13 @@
 # 127.0.0.1 port and stops it by pid; every tool call is time-bounded.
 set -euo pipefail
 
-BIN=${STASHD_BIN:-./build/stashd}
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/stashd-memc.XXXXXX")
-PID=
-PORT=
-passed=0
-
-cleanup() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-        kill -KILL "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-    fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-# $STASHD_BACKEND picks the backend; its data lives under $TMP.
-BACKEND_ARGS=()
-if [ -n "${STASHD_BACKEND:-}" ]; then
-    BACKEND_ARGS=(--backend "$STASHD_BACKEND")
-    if [ "$STASHD_BACKEND" != memory ]; then
-        BACKEND_ARGS+=(--data-dir "$TMP/data")
-    fi
-fi
-
-fail() {
-    echo "FAIL: $*" >&2
-    echo "$passed passed, 1 failed"
-    exit 1
-}
-
-ok() {
-    passed=$((passed + 1))
-    echo "ok: $*"
-}
+. "$(dirname "$0")/lib.sh"
 
 for tool in memccp memccat memcrm memcflush memcstat; do
     command -v "$tool" >/dev/null \
         || fail "$tool not found (libmemcached-tools)"
 done
-[ -x "$BIN" ] || fail "stashd binary $BIN not found"
-
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# Start stashd on a free port; retry if another process took it meanwhile.
-for attempt in 1 2 3 4 5; do
-    PORT=$((20000 + RANDOM % 40000))
-    if port_in_use "$PORT"; then
-        continue
-    fi
-    "$BIN" -p "$PORT" -l 127.0.0.1 "${BACKEND_ARGS[@]}" 2>"$TMP/stderr" &
-    PID=$!
-    for _ in $(seq 1 200); do
-        if port_in_use "$PORT"; then
-            break
-        fi
-        if ! kill -0 "$PID" 2>/dev/null; then
-            break
-        fi
-        sleep 0.025
-    done
-    if kill -0 "$PID" 2>/dev/null && port_in_use "$PORT"; then
-        break
-    fi
-    wait "$PID" 2>/dev/null || true
-    PID=
-done
-[ -n "$PID" ] || fail "stashd did not start: $(cat "$TMP/stderr")"
+start_stashd
 SERVERS="--servers=127.0.0.1:$PORT"
 
 mc() {
@@ -160,18 +98,7 @@ mc memccat --file="$TMP/out/bytes2.bin" bytes.bin || fail "memccat after flush"
 cmp "$TMP/in/bytes.bin" "$TMP/out/bytes2.bin" || fail "bytes.bin after flush"
 ok "served after flush"
 
-kill -TERM "$PID"
-rc=0
-for _ in $(seq 1 500); do
-    kill -0 "$PID" 2>/dev/null || break
-    sleep 0.02
-done
-if kill -0 "$PID" 2>/dev/null; then
-    fail "stashd still running 10 s after SIGTERM"
-fi
-wait "$PID" || rc=$?
-PID=
-[ "$rc" -eq 0 ] || fail "stashd exited with $rc after SIGTERM"
+stop_stashd
 ok "SIGTERM: exit 0"
 
 echo "$passed passed, 0 failed"

@@ -1,0 +1,88 @@
+# Shared by the shell tests (source it after `set -euo pipefail`): a temp
+# dir removed at exit, pass/fail counting in the "N passed, M failed" form
+# CTest's readers know, and stashd started on a free 127.0.0.1 port on the
+# backend $STASHD_BACKEND names, stopped by pid whatever happens.
+#
+# Sets BIN, TMP, PID, PORT, passed; defines fail, ok, port_in_use,
+# start_stashd, stop_stashd.
+
+BIN=${STASHD_BIN:-./build/stashd}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/stashd-test.XXXXXX")
+PID=
+PORT=
+passed=0
+
+lib_cleanup() {
+    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+        kill -KILL "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+}
+trap lib_cleanup EXIT
+
+fail() {
+    echo "FAIL: $*" >&2
+    echo "$passed passed, 1 failed"
+    exit 1
+}
+
+ok() {
+    passed=$((passed + 1))
+    echo "ok: $*"
+}
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# $STASHD_BACKEND picks the backend; its data lives under $TMP.
+BACKEND_ARGS=()
+if [ -n "${STASHD_BACKEND:-}" ]; then
+    BACKEND_ARGS=(--backend "$STASHD_BACKEND")
+    if [ "$STASHD_BACKEND" != memory ]; then
+        BACKEND_ARGS+=(--data-dir "$TMP/data")
+    fi
+fi
+
+# Starts stashd with "$@" on a free port (PORT, PID); retries if another
+# process takes the port first.
+start_stashd() {
+    [ -x "$BIN" ] || fail "stashd binary $BIN not found"
+    for _ in 1 2 3 4 5; do
+        PORT=$((20000 + RANDOM % 40000))
+        if port_in_use "$PORT"; then
+            continue
+        fi
+        "$BIN" -p "$PORT" -l 127.0.0.1 "${BACKEND_ARGS[@]}" "$@" \
+            2>"$TMP/stderr" &
+        PID=$!
+        for _ in $(seq 1 200); do
+            if port_in_use "$PORT" || ! kill -0 "$PID" 2>/dev/null; then
+                break
+            fi
+            sleep 0.025
+        done
+        if kill -0 "$PID" 2>/dev/null && port_in_use "$PORT"; then
+            return 0
+        fi
+        wait "$PID" 2>/dev/null || true
+        PID=
+    done
+    fail "stashd did not start: $(cat "$TMP/stderr")"
+}
+
+# SIGTERM, then the exit status must be 0 within 10 s.
+stop_stashd() {
+    local rc=0
+
+    kill -TERM "$PID"
+    for _ in $(seq 1 400); do
+        kill -0 "$PID" 2>/dev/null || break
+        sleep 0.025
+    done
+    kill -0 "$PID" 2>/dev/null && fail "stashd still running 10 s after SIGTERM"
+    wait "$PID" || rc=$?
+    PID=
+    [ "$rc" = 0 ] || fail "stashd exited $rc after SIGTERM"
+}
