@@ -159,6 +159,10 @@ bin_store(struct hctx *cx, const struct proto_bin_req *rq)
     }
     rc = hcore_store(cx, m, rq->key, rq->keylen, rq->value, rq->vlen, flags,
                      exp, rq->cas, &cas);
+    if ((rc == STORE_E2BIG || rc == STORE_ENOMEM) &&
+        rq->base_op == PROTO_BIN_SET) {
+        hcore_drop(cx, rq->key, rq->keylen);
+    }
     if (rc == STORE_OK) {
         if (!rq->quiet) {
             bin_reply(cx, rq, PROTO_BIN_OK, NULL, 0, NULL, 0, NULL, 0, cas);

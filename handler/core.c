@@ -112,9 +112,6 @@ hcore_store(struct hctx *cx, store_mode_e m, const void *key, size_t keylen,
     } else if (rc == STORE_ENOMEM) {
         HSTAT_INC(cx->st, store_no_memory);
     }
-    if ((rc == STORE_E2BIG || rc == STORE_ENOMEM) && m == STORE_SET) {
-        hcore_drop(cx, key, keylen);
-    }
     if (cas != 0) {
         if (rc == STORE_OK) {
             HSTAT_INC(cx->st, cas_hits);

@@ -24,8 +24,7 @@ store_rc_e hcore_get(struct hctx *cx, const void *key, size_t keylen,
 
 /*
  * set/add/replace/append/prepend; cas != 0 is a CAS store. Applies
- * memcached's item size rule first, and on a failed set drops the stale
- * old value as memcached does.
+ * memcached's item size rule first.
  */
 store_rc_e hcore_store(struct hctx *cx, store_mode_e m, const void *key,
                        size_t keylen, const void *val, size_t vlen,

@@ -157,6 +157,10 @@ text_store(struct hctx *cx, const struct proto_text_req *rq)
     rc = hcore_store(cx, m, rq->key, rq->keylen, rq->value, rq->vlen,
                      rq->flags, exp, rq->cmd == PROTO_TEXT_CAS ? rq->cas : 0,
                      &cas);
+    if ((rc == STORE_E2BIG || rc == STORE_ENOMEM) &&
+        rq->cmd == PROTO_TEXT_SET) {
+        hcore_drop(cx, rq->key, rq->keylen);
+    }
     if (rc == STORE_E2BIG) {
         if (!rq->noreply) {
             line(cx, proto_text_error_text(PROTO_TEXT_E_TOO_LARGE));

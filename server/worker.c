@@ -56,6 +56,8 @@ struct conn {
     unsigned           completed; /* under w->lock */
     bool               in_done;   /* under w->lock: on w->done */
     struct conn       *done_next; /* under w->lock */
+    bool               held;      /* complete requests wait in `in` for
+                                   * the reply queue to drain */
     bool               close_after_write;
     bool               closed;    /* fd closed, waiting for pending */
     int                events;    /* what io watches now */
@@ -324,6 +326,7 @@ conn_process(struct conn *c, const char *buf, size_t len, size_t *need)
             continue;
         }
         if (reply_queued(&c->out) > OUT_HIGH_WATER) {
+            c->held = true;
             break;
         }
         if (c->proto == CONN_UNKNOWN) {
@@ -424,7 +427,7 @@ conn_keep(struct conn *c, const char *p, size_t n, size_t need)
     return true;
 }
 
-/* Processes what is buffered, then sends; false if the conn is gone. */
+/* Processes what is buffered, keeping what is left; false if closed. */
 static bool
 conn_run(struct conn *c, char *buf, size_t len)
 {
@@ -445,7 +448,25 @@ conn_run(struct conn *c, char *buf, size_t len)
         c->in = NULL;
         c->in_cap = c->in_start = c->in_end = 0;
     }
-    return conn_flush(c);
+    return true;
+}
+
+/*
+ * Sends what is queued and, while the queue stays below the high-water
+ * mark, runs the requests back-pressure held back: their bytes are already
+ * read, so no read event would ever bring them up again.
+ */
+static void
+conn_resume(struct conn *c)
+{
+    while (conn_flush(c) && c->held &&
+           reply_queued(&c->out) <= OUT_HIGH_WATER) {
+        c->held = false;
+        if (c->in == NULL || c->in_end == c->in_start ||
+            !conn_run(c, c->in + c->in_start, c->in_end - c->in_start)) {
+            return;
+        }
+    }
 }
 
 static void
@@ -504,25 +525,11 @@ conn_read(struct conn *c)
     HSTAT_ADD(&w->stats, bytes_read, (uint64_t)n);
     if (buf == c->in) {
         c->in_end += (size_t)n;
-        if (!conn_run(c, c->in + c->in_start, c->in_end - c->in_start)) {
-            return;
-        }
-    } else if (!conn_run(c, buf, (size_t)n)) {
-        return;
+        buf = c->in + c->in_start;
+        n = (ssize_t)(c->in_end - c->in_start);
     }
-}
-
-/*
- * Sends what is queued and, once the queue is below the high-water mark,
- * runs the requests that back-pressure held back: their bytes are already
- * read, so no read event would ever bring them up again.
- */
-static void
-conn_resume(struct conn *c)
-{
-    if (conn_flush(c) && reply_queued(&c->out) <= OUT_HIGH_WATER &&
-        c->in != NULL && c->in_end > c->in_start) {
-        (void)conn_run(c, c->in + c->in_start, c->in_end - c->in_start);
+    if (conn_run(c, buf, (size_t)n)) {
+        conn_resume(c);
     }
 }
 

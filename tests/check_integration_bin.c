@@ -1145,6 +1145,49 @@ END_TEST
 /* ------------------------------------------------------------------ */
 /* 6. a client that never reads */
 
+/*
+ * Replies to one batch pass the server's 1 MB back-pressure mark, and small
+ * requests follow in the same write: they must still be answered although
+ * no further byte ever arrives (a hang once: held-back requests ran only
+ * on the next read).
+ */
+START_TEST(batch_past_back_pressure_mark)
+{
+    uint16_t port;
+    pid_t pid = start(NULL, &port);
+    int fd = conn(port);
+    uint32_t vlen = 1000 * 1000;
+    uint8_t *val = malloc(vlen);
+    uint8_t batch[256];
+    size_t blen = 0;
+    struct tu_bin p;
+
+    ck_assert_ptr_nonnull(val);
+    fill(val, vlen, 7);
+    set_kv(fd, "big", val, vlen, 0, 0);
+    for (uint32_t i = 0; i < 2; i++) {
+        blen += tu_bin_req(batch + blen, sizeof(batch) - blen, OP_GETKQ,
+                           NULL, 0, "big", 3, NULL, 0, 10 + i, 0);
+    }
+    blen += tu_bin_req(batch + blen, sizeof(batch) - blen, OP_GET, NULL, 0,
+                       "nope", 4, NULL, 0, 20, 0);
+    blen += tu_bin_req(batch + blen, sizeof(batch) - blen, OP_NOOP, NULL, 0,
+                       NULL, 0, NULL, 0, 21, 0);
+    ck_assert_int_eq(tu_send(fd, batch, blen), 0);
+    for (uint32_t i = 0; i < 2; i++) {
+        recvres(fd, &p);
+        ck_assert_uint_eq(p.opcode, OP_GETKQ);
+        ck_assert_uint_eq(p.vlen, vlen);
+        ck_assert_mem_eq(p.value, val, vlen);
+    }
+    expect_err(fd, OP_GET, 0x01, 20);
+    expect_empty_ok(fd, OP_NOOP, 21);
+    close(fd);
+    free(val);
+    stop(pid);
+}
+END_TEST
+
 START_TEST(slow_reader_is_not_buffered)
 {
     uint16_t port;
@@ -2036,6 +2079,7 @@ suite(void)
     tcase_set_timeout(load, 90);
     tcase_add_test(load, two_hundred_connections_mixed_ops);
     tcase_add_test(load, slow_reader_is_not_buffered);
+    tcase_add_test(load, batch_past_back_pressure_mark);
     tcase_add_test(load, connection_limit);
     suite_add_tcase(s, load);
 
