@@ -135,9 +135,11 @@ text_store(struct hctx *cx, const struct proto_text_req *rq)
     default:
         break;
     }
-    if (rq->cmd == PROTO_TEXT_CAS && rq->cas == 0) {
+    if (rq->cmd == PROTO_TEXT_CAS && rq->cas == 0 &&
+        !hcore_too_large(cx, rq->keylen, rq->flags, rq->vlen)) {
         /* No item ever has CAS 0, so memcached's compare always fails:
-         * EXISTS when the key is there, NOT_FOUND when not. */
+         * EXISTS when the key is there, NOT_FOUND when not (a value too
+         * large is refused first: memcached sizes the item before). */
         struct store_call c = hcore_call(cx);
         struct store_key k = { rq->key, rq->keylen };
         struct store_item it;
