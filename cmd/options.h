@@ -52,7 +52,7 @@ typedef enum opt_type {
     X(user,          'u', "user",          OPT_STR,    NULL,      0, 0, \
       "when started as root, run as this user") \
     X(backend,        0,  "backend",       OPT_STR,    "lmdb",    0, 0, \
-      "storage backend: lmdb (persistent) | memory") \
+      "storage backend: lmdb | sqlite (persistent) | memory") \
     X(datadir,        0,  "data-dir",      OPT_STR,    "./stashd-data", 0, 0, \
       "data directory of a persistent backend") \
     X(sync,           0,  "sync",          OPT_STR,    "periodic", 0, 0, \
