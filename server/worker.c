@@ -56,6 +56,7 @@ struct conn {
     unsigned           completed; /* under w->lock */
     bool               in_done;   /* under w->lock: on w->done */
     struct conn       *done_next; /* under w->lock */
+    struct conn       *ready_next; /* loop-owned: completions to act on */
     bool               held;      /* complete requests wait in `in` for
                                    * the reply queue to drain */
     bool               close_after_write;
@@ -557,7 +558,7 @@ worker_wake(struct ev_loop *loop, ev_async *a, int revents)
                                          offsetof(struct worker, wake));
     int fds[64];
     size_t nfd;
-    struct conn *done;
+    struct conn *ready = NULL;
     bool stopping;
 
     (void)revents;
@@ -568,13 +569,19 @@ worker_wake(struct ev_loop *loop, ev_async *a, int revents)
             memcpy(fds, w->newfds + (w->nnew - nfd), nfd * sizeof(int));
         }
         w->nnew -= nfd;
-        done = w->done;
-        w->done = NULL;
-        for (struct conn *c = done; c != NULL; c = c->done_next) {
+        /*
+         * Moved to a list of our own under the lock: once it is released
+         * a completion may push a conn onto w->done again, rewriting its
+         * done_next while we would still be walking it.
+         */
+        for (struct conn *c = w->done; c != NULL; c = c->done_next) {
             c->pending -= c->completed;
             c->completed = 0;
             c->in_done = false;
+            c->ready_next = ready;
+            ready = c;
         }
+        w->done = NULL;
         stopping = w->stopping;
         pthread_mutex_unlock(&w->lock);
         for (size_t i = 0; i < nfd; i++) {
@@ -586,8 +593,8 @@ worker_wake(struct ev_loop *loop, ev_async *a, int revents)
             }
         }
     } while (nfd == 64);
-    for (struct conn *c = done, *next; c != NULL; c = next) {
-        next = c->done_next;
+    for (struct conn *c = ready, *next; c != NULL; c = next) {
+        next = c->ready_next;
         if (!c->closed && c->pending == 0) {
             conn_resume(c);
         }
