@@ -3,7 +3,7 @@
  * the on-disk record and metadata layouts, struct store and struct
  * store_thr, the write-op queue (group commit), the syncer and the
  * maintenance thread. Everything hangs off one struct store, so two stores
- * in one process share nothing. Lock order: wlock, then sync_lock; hint_lock
+ * in one process share nothing. Lock order: wlock, then ps.lock; hint_lock
  * is only ever try-locked by readers and taken alone by the maintenance
  * thread. The LMDB write transaction is held only by the current batch
  * leader (wbusy), never across a wait on another lock.
@@ -12,6 +12,7 @@
 #define STASHD_STORAGE_LM_H
 
 #include "storage/storage.h"
+#include "storage/persist/persist.h"
 
 #include <lmdb.h>
 #include <pthread.h>
@@ -23,7 +24,6 @@
 
 /* Files in the data directory. LMDB names data.mdb and lock.mdb itself. */
 #define LM_DATA_FILE   "data.mdb"
-#define LM_LOCK_FILE   "stashd.lock"
 
 /* Names inside the environment: a plain record and a named DB. */
 #define LM_META_KEY    "stashd"
@@ -218,8 +218,6 @@ struct store {
     uint64_t         map_size;
     uint32_t         item_max;
     bool             no_evict;
-    store_sync_e     sync;
-    uint32_t         sync_interval_ms;
 
     /* Committed state, published by the batch leader after commit. */
     _Atomic uint64_t flush_cas;
@@ -242,21 +240,8 @@ struct store {
     unsigned char    hand[STORE_KEY_MAX];  /* leader only: evict position */
     size_t           hand_len;
 
-    /* Syncer. */
-    pthread_t        syncer;
-    bool             syncer_on;
-    pthread_mutex_t  sync_lock;
-    pthread_cond_t   sync_cond;   /* monotonic: wakes the syncer */
-    pthread_cond_t   synced_cond; /* a sync finished */
-    bool             sync_stop;   /* sync_lock */
-    struct store_wait **waits;    /* sync_lock: pending completions */
-    size_t           nwaits;
-    size_t           waits_cap;
-    _Atomic uint64_t synced_seq;  /* every commit <= it is on disk */
-    _Atomic uint64_t sync_count;
-    _Atomic uint64_t sync_errors;
-    _Atomic uint32_t last_sync;   /* unix time of the last good sync */
-    _Atomic uint64_t sync_usec;   /* time spent in fsync, total */
+    /* Syncer (persist_sync.c): mdb_env_sync per --sync, group commit. */
+    struct persist_sync ps;
 
     /* Read hints (recency refresh), filled by readers with trylock. */
     pthread_mutex_t  hint_lock;
@@ -317,32 +302,12 @@ void store_lmdb_detach(struct store_thr **tp);
 /* An MDB error as a store_rc_e (MAP_FULL and ENOSPC are ENOMEM). */
 store_rc_e store_lmdb_rc(int mrc);
 
-/* Writes "path: what" into cfg->err (when given). */
-void store_lmdb_err(const struct store_cfg *cfg, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
 /*
  * Queues op, waits until a batch has run it (running the batch itself when
  * no other thread leads) and returns with op's results filled in. Any thread
  * with an attached thr; op lives on the caller's stack.
  */
 void store_lmdb_submit(struct store_thr *t, struct lm_op *op);
-
-/*
- * After a write op that changed data: makes the caller wait for durability
- * per the sync mode (pending with c->wait, blocking without).
- */
-void store_lmdb_durable(struct store *s, struct store_call *c,
-                        const struct lm_op *op);
-
-/* Starts the syncer (periodic and always only); false when it cannot. */
-bool store_lmdb_sync_start(struct store *s);
-
-/* Stops it: a last sync, every pending completion called; then joined. */
-void store_lmdb_sync_stop(struct store *s);
-
-/* Wakes the syncer after a commit (always mode). */
-void store_lmdb_sync_kick(struct store *s);
 
 /* Starts the maintenance thread (sweeper, recency, background evict). */
 bool store_lmdb_maint_start(struct store *s);

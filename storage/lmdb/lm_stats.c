@@ -99,13 +99,13 @@ group_general(struct store_thr *t, store_emit_fn emit, void *arg)
     emit_u64(emit, arg, "lmdb_max_readers", info.me_maxreaders);
     emit_u64(emit, arg, "lmdb_entries", n);
     emit_u64(emit, arg, "lmdb_depth", depth);
-    emit(arg, "lmdb_sync", sync_name(s->sync));
-    emit_u64(emit, arg, "lmdb_sync_interval_ms", s->sync_interval_ms);
-    emit_u64(emit, arg, "lmdb_sync_count", ld(&s->sync_count));
-    emit_u64(emit, arg, "lmdb_sync_errors", ld(&s->sync_errors));
-    emit_u64(emit, arg, "lmdb_sync_usec", ld(&s->sync_usec));
+    emit(arg, "lmdb_sync", sync_name(s->ps.mode));
+    emit_u64(emit, arg, "lmdb_sync_interval_ms", s->ps.interval_ms);
+    emit_u64(emit, arg, "lmdb_sync_count", ld(&s->ps.count));
+    emit_u64(emit, arg, "lmdb_sync_errors", ld(&s->ps.errors));
+    emit_u64(emit, arg, "lmdb_sync_usec", ld(&s->ps.usec));
     emit_u64(emit, arg, "lmdb_last_sync",
-             atomic_load_explicit(&s->last_sync, memory_order_relaxed));
+             atomic_load_explicit(&s->ps.last_sync, memory_order_relaxed));
     emit_u64(emit, arg, "lmdb_commits", ld(&s->ctr.commits));
     emit_u64(emit, arg, "lmdb_commit_ops", ld(&s->ctr.commit_ops));
     emit_u64(emit, arg, "lmdb_batch_retries", ld(&s->ctr.aborts));

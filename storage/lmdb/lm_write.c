@@ -7,9 +7,10 @@
  * wakes the waiters; the next queued thread then leads the following
  * batch. So there is never more than one writer, writes that arrive while
  * a batch runs share the next commit, and nobody waits on a dedicated
- * writer thread's wake-up. Durability is the syncer's business (lm_sync.c).
- * If a batch fails (map full, disk full, I/O), it is aborted and its ops
- * are rerun one per transaction, so only the op that cannot fit fails.
+ * writer thread's wake-up. Durability is the syncer's business
+ * (persist_sync.c). If a batch fails (map full, disk full, I/O), it is
+ * aborted and its ops are rerun one per transaction, so only the op that
+ * cannot fit fails.
  * This file never reads a clock and never calls fsync.
  */
 #include "storage/lmdb/lm.h"
@@ -810,8 +811,8 @@ run_txn(struct store *s, struct lm_op *first, bool single)
                                                             : op->next) {
         op->seq = seq;
     }
-    if (w.dirty && s->sync == STORE_SYNC_ALWAYS) {
-        store_lmdb_sync_kick(s);
+    if (w.dirty && s->ps.mode == STORE_SYNC_ALWAYS) {
+        persist_sync_kick(&s->ps);
     }
     return 0;
 }

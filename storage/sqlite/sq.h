@@ -3,7 +3,7 @@
  * the schema's names, struct store and struct store_thr, the statement
  * table, the write-op queue (group commit), the syncer and the maintenance
  * thread. Everything hangs off one struct store, so two stores in one
- * process share nothing. Lock order: wlock, then sync_lock; hint_lock is
+ * process share nothing. Lock order: wlock, then ps.lock; hint_lock is
  * only ever try-locked by readers and taken alone by the maintenance
  * thread. The writer connection is used only by the thread that holds the
  * lead (wbusy), never by two threads at once, so every connection can be
@@ -13,6 +13,7 @@
 #define STASHD_STORAGE_SQ_H
 
 #include "storage/storage.h"
+#include "storage/persist/persist.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -25,7 +26,6 @@
 /* Files in the data directory; SQLite adds stashd.db-wal and -shm. */
 #define SQ_DB_FILE     "stashd.db"
 #define SQ_WAL_SUFFIX  "-wal"
-#define SQ_LOCK_FILE   "stashd.lock"
 #define SQ_LMDB_FILE   "data.mdb"        /* an lmdb store: not ours */
 
 #define SQ_MAGIC       "stashd"          /* meta.magic */
@@ -213,8 +213,6 @@ struct store {
     uint64_t         mem_limit;
     uint32_t         item_max;
     bool             no_evict;
-    store_sync_e     sync;
-    uint32_t         sync_interval_ms;
     uint32_t         page_size;
     int64_t          wal_restart; /* WAL bytes that call for a catch-up */
     struct sq_conn   w;           /* the writer: the leader's only */
@@ -245,21 +243,8 @@ struct store {
     unsigned char    hand[STORE_KEY_MAX];  /* leader only: evict position */
     size_t           hand_len;
 
-    /* Syncer. */
-    pthread_t        syncer;
-    bool             syncer_on;
-    pthread_mutex_t  sync_lock;
-    pthread_cond_t   sync_cond;   /* monotonic: wakes the syncer */
-    pthread_cond_t   synced_cond; /* a sync finished */
-    bool             sync_stop;   /* sync_lock */
-    struct store_wait **waits;    /* sync_lock: pending completions */
-    size_t           nwaits;
-    size_t           waits_cap;
-    _Atomic uint64_t synced_seq;  /* every commit <= it is on disk */
-    _Atomic uint64_t sync_count;
-    _Atomic uint64_t sync_errors;
-    _Atomic uint32_t last_sync;   /* unix time of the last good sync */
-    _Atomic uint64_t sync_usec;   /* time spent in fdatasync, total */
+    /* Syncer (persist_sync.c): fdatasync of the WAL, group commit. */
+    struct persist_sync ps;
     _Atomic uint32_t last_ckpt;   /* unix time of the last checkpoint */
 
     /* Read hints (recency refresh), filled by readers with trylock. */
@@ -352,10 +337,6 @@ void store_sqlite_note_err(struct store *s, int rc);
  */
 int store_sqlite_busy(void *arg, int tries);
 
-/* Writes "what" into cfg->err (when given). */
-void store_sqlite_err(const struct store_cfg *cfg, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
 /* Decodes the columns (cas, flags, exptime, stored, atime, fetched) at i. */
 void store_sqlite_rec(sqlite3_stmt *st, int i, struct sq_rec *r);
 
@@ -378,22 +359,6 @@ int store_sqlite_meta_commit(struct store *s, uint64_t cas_col, bool clean);
  * starts until it returns. Any thread; for rare maintenance only.
  */
 void store_sqlite_exclusive(struct store *s, void (*fn)(void *), void *arg);
-
-/*
- * After a write op that changed data: makes the caller wait for durability
- * per the sync mode (pending with c->wait, blocking without).
- */
-void store_sqlite_durable(struct store *s, struct store_call *c,
-                          const struct sq_op *op);
-
-/* Starts the syncer (periodic and always only); false when it cannot. */
-bool store_sqlite_sync_start(struct store *s);
-
-/* Stops it: a last sync, every pending completion called; then joined. */
-void store_sqlite_sync_stop(struct store *s);
-
-/* Wakes the syncer after a commit (always mode). */
-void store_sqlite_sync_kick(struct store *s);
 
 /* fdatasync of the WAL now; 0 or an errno. For open and close. */
 int store_sqlite_sync_wal(struct store *s);

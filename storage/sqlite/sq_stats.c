@@ -101,13 +101,13 @@ group_general(struct store_thr *t, store_emit_fn emit, void *arg)
     emit_u64(emit, arg, "sqlite_wal_bytes",
              fstat(s->wal_fd, &wst) == 0 ? (uint64_t)wst.st_size : 0);
     emit_u64(emit, arg, "sqlite_items", ld(&s->items));
-    emit(arg, "sqlite_sync", sync_name(s->sync));
-    emit_u64(emit, arg, "sqlite_sync_interval_ms", s->sync_interval_ms);
-    emit_u64(emit, arg, "sqlite_sync_count", ld(&s->sync_count));
-    emit_u64(emit, arg, "sqlite_sync_errors", ld(&s->sync_errors));
-    emit_u64(emit, arg, "sqlite_sync_usec", ld(&s->sync_usec));
+    emit(arg, "sqlite_sync", sync_name(s->ps.mode));
+    emit_u64(emit, arg, "sqlite_sync_interval_ms", s->ps.interval_ms);
+    emit_u64(emit, arg, "sqlite_sync_count", ld(&s->ps.count));
+    emit_u64(emit, arg, "sqlite_sync_errors", ld(&s->ps.errors));
+    emit_u64(emit, arg, "sqlite_sync_usec", ld(&s->ps.usec));
     emit_u64(emit, arg, "sqlite_last_sync",
-             atomic_load_explicit(&s->last_sync, memory_order_relaxed));
+             atomic_load_explicit(&s->ps.last_sync, memory_order_relaxed));
     emit_u64(emit, arg, "sqlite_checkpoints", ld(&s->ctr.checkpoints));
     emit_u64(emit, arg, "sqlite_checkpoint_restarts",
              ld(&s->ctr.ckpt_restarts));

@@ -9,7 +9,7 @@
  * wakes the waiters; the next queued thread then leads the following
  * batch. So there is one writer, writes that arrive while a batch runs
  * share the next commit, and nobody waits on a dedicated writer thread's
- * wake-up. Durability is the syncer's business (sq_sync.c). If a batch
+ * wake-up. Durability is the syncer's business (persist_sync.c). If a batch
  * fails (SQLITE_FULL, BUSY, I/O), it is rolled back and its ops are rerun
  * one per transaction, so only the op that cannot be done fails. This file
  * never reads a clock and never syncs.
@@ -938,8 +938,8 @@ run_txn(struct store *s, struct sq_op *first, bool single)
                                                             : op->next) {
         op->seq = atomic_load_explicit(&s->seq, memory_order_relaxed);
     }
-    if (w.dirty && s->sync == STORE_SYNC_ALWAYS) {
-        store_sqlite_sync_kick(s);
+    if (w.dirty && s->ps.mode == STORE_SYNC_ALWAYS) {
+        persist_sync_kick(&s->ps);
     }
     return SQLITE_OK;
 }

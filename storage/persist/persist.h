@@ -1,0 +1,117 @@
+/*
+ * Pieces the two persistent backends (lmdb, sqlite) share and that owe
+ * nothing to either library: the data directory and its lock file, the
+ * syncer thread with its group-commit waiters, and the small helpers they
+ * need. It sees storage.h and libc only, never a backend's struct store:
+ * a backend embeds struct persist_sync in its store and hands over the one
+ * thing that differs, how to make its file durable. It must never touch a
+ * backend's data.
+ */
+#ifndef STASHD_STORAGE_PERSIST_H
+#define STASHD_STORAGE_PERSIST_H
+
+#include "storage/storage.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/* The lock file in every persistent data directory, whichever backend. */
+#define PERSIST_LOCK_FILE "stashd.lock"
+
+/* Writes a message into cfg->err (when given); any thread. */
+void persist_err(const struct store_cfg *cfg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Inits a cond whose timed waits use CLOCK_MONOTONIC; false on failure. */
+bool persist_cond_init_mono(pthread_cond_t *c);
+
+/* Microseconds on the monotonic clock. */
+uint64_t persist_mono_usec(void);
+
+/* *ts = now + usec, monotonic: for conds from persist_cond_init_mono. */
+void persist_deadline(struct timespec *ts, uint64_t usec_from_now);
+
+/* mkdir -p dir with mode 0700 for what it creates; checks it is a dir. */
+store_rc_e persist_make_dir(const struct store_cfg *cfg, const char *dir);
+
+/*
+ * Takes an exclusive flock on dir/PERSIST_LOCK_FILE and writes our pid in
+ * it; *fd holds the lock until closed. STORE_ELOCKED names the holder.
+ */
+store_rc_e persist_lock_dir(const struct store_cfg *cfg, const char *dir,
+                            int *fd);
+
+/*
+ * Makes every commit so far durable: 0, or an error code (errno or the
+ * library's). Called by the syncer thread only, holding no lock.
+ */
+typedef int (*persist_fsync_fn)(void *arg);
+
+/*
+ * The syncer: the one thread that makes commits durable. The owner counts
+ * its commits in *seq; with --sync=always a write waits (or registers a
+ * store_wait) until a sync covers its commit, so writes committed during
+ * one sync share the next (group commit); with --sync=periodic it syncs at
+ * most every interval when something changed; --sync=none starts nothing.
+ * A failed sync sets *wfail (sticky). lock is never held across the fsync
+ * or a completion callback.
+ */
+struct persist_sync {
+    /* ro after init */
+    store_sync_e        mode;
+    uint32_t            interval_ms;
+    persist_fsync_fn    fsync;
+    void               *arg;
+    _Atomic uint64_t   *seq;         /* the owner's last commit */
+    _Atomic int        *wfail;       /* the owner's sticky write failure */
+
+    pthread_t           thread;      /* private */
+    bool                on;          /* ro: the thread runs */
+    pthread_mutex_t     lock;
+    pthread_cond_t      cond;        /* monotonic: wakes the syncer */
+    pthread_cond_t      synced_cond; /* a sync finished */
+    bool                stop;        /* lock */
+    struct store_wait **waits;       /* lock: pending completions */
+    size_t              nwaits;
+    size_t              waits_cap;
+    _Atomic uint64_t    synced_seq;  /* every commit <= it is durable */
+    _Atomic uint64_t    count;       /* good syncs */
+    _Atomic uint64_t    errors;      /* failed syncs */
+    _Atomic uint32_t    last_sync;   /* unix time of the last good sync */
+    _Atomic uint64_t    usec;        /* time spent syncing, total */
+};
+
+/*
+ * Inits ps (not started); false when a lock cannot be made, with nothing
+ * left to undo. seq and wfail must outlive ps.
+ */
+bool persist_sync_init(struct persist_sync *ps, store_sync_e mode,
+                       uint32_t interval_ms, persist_fsync_fn fsync,
+                       void *arg, _Atomic uint64_t *seq,
+                       _Atomic int *wfail);
+
+/* Frees what init made; the syncer must be stopped. */
+void persist_sync_deinit(struct persist_sync *ps);
+
+/* Starts the thread (periodic and always only); false when it cannot. */
+bool persist_sync_start(struct persist_sync *ps);
+
+/* Stops it: a last sync, every pending completion called; then joined. */
+void persist_sync_stop(struct persist_sync *ps);
+
+/* Wakes the syncer after a commit (always mode); any thread. */
+void persist_sync_kick(struct persist_sync *ps);
+
+/*
+ * After a write whose commit is seq: makes the caller wait for durability
+ * per the mode, registering c->wait (c->pending = true) when given, else
+ * blocking. Any thread, holding no backend lock.
+ */
+void persist_sync_wait(struct persist_sync *ps, struct store_call *c,
+                       uint64_t seq);
+
+#endif /* STASHD_STORAGE_PERSIST_H */
