@@ -42,6 +42,9 @@
 /* An item's recency is refreshed at most this often (seconds). */
 #define LM_ATIME_GRAIN 60u
 
+/* The maintenance thread's round when idle (ms). */
+#define LM_TICK_MS     100u
+
 #define LM_DEFAULT_MEM_LIMIT (64ull * 1024 * 1024)
 #define LM_DEFAULT_ITEM_MAX  (1024u * 1024u)
 #define LM_ITEM_MAX_LOWEST   1024u
@@ -248,12 +251,8 @@ struct store {
     struct lm_keybuf hints;       /* hint_lock */
 
     /* Maintenance thread. */
-    pthread_t        maint;
-    bool             maint_on;
     struct store_thr *maint_thr;  /* its own read txn and cond */
-    pthread_mutex_t  maint_lock;
-    pthread_cond_t   maint_cond;  /* monotonic */
-    bool             maint_stop;  /* maint_lock */
+    struct persist_maint pm;      /* its thread, tick and clock */
 
     struct lm_ctr    ctr;
 };

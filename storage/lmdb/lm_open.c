@@ -300,11 +300,8 @@ lm_destroy(struct store *s, const struct open_state *st)
     }
     /* In reverse order of lm_open's init list. */
     switch (st->locks) {
-    case 5:
-        pthread_cond_destroy(&s->maint_cond);
-        /* fall through */
     case 4:
-        pthread_mutex_destroy(&s->maint_lock);
+        persist_maint_deinit(&s->pm);
         /* fall through */
     case 3:
         pthread_mutex_destroy(&s->hint_lock);
@@ -341,14 +338,10 @@ sync_objects_init(const struct store_cfg *cfg, struct store *s,
         return false;
     }
     st->locks = 3;
-    if (pthread_mutex_init(&s->maint_lock, NULL) != 0) {
+    if (!persist_maint_init(&s->pm, LM_TICK_MS, &s->now_seen)) {
         return false;
     }
     st->locks = 4;
-    if (!persist_cond_init_mono(&s->maint_cond)) {
-        return false;
-    }
-    st->locks = 5;
     return true;
 }
 
@@ -419,7 +412,7 @@ void
 store_lmdb_close(struct store **sp)
 {
     struct store *s = *sp;
-    struct open_state st = { 5 };
+    struct open_state st = { 4 };
 
     if (s == NULL) {
         return;

@@ -1,11 +1,12 @@
 /*
  * Pieces the two persistent backends (lmdb, sqlite) share and that owe
  * nothing to either library: the data directory and its lock file, the
- * syncer thread with its group-commit waiters, and the small helpers they
- * need. It sees storage.h and libc only, never a backend's struct store:
- * a backend embeds struct persist_sync in its store and hands over the one
- * thing that differs, how to make its file durable. It must never touch a
- * backend's data.
+ * syncer thread with its group-commit waiters, the maintenance thread's
+ * lifecycle and clock, and the small helpers they need. It sees storage.h
+ * and libc only, never a backend's struct store: a backend embeds struct
+ * persist_sync in its store and hands over the one thing that differs, how
+ * to make its file durable, and owns what its maintenance rounds do. It
+ * must never touch a backend's data.
  */
 #ifndef STASHD_STORAGE_PERSIST_H
 #define STASHD_STORAGE_PERSIST_H
@@ -113,5 +114,49 @@ void persist_sync_kick(struct persist_sync *ps);
  */
 void persist_sync_wait(struct persist_sync *ps, struct store_call *c,
                        uint64_t seq);
+
+/*
+ * A maintenance thread's lifecycle and clock: a lock, a monotonic cond to
+ * wake it, a stop flag, and the time it works at, which is the latest time
+ * a request told (*now_seen) run on by the monotonic clock, so that an
+ * idle store still sweeps. The backend owns the loop and the work.
+ */
+struct persist_maint {
+    /* ro after init */
+    uint32_t            tick_ms;     /* sleep between idle rounds */
+    _Atomic uint32_t   *now_seen;    /* the owner's latest request time */
+
+    pthread_t           thread;      /* private */
+    bool                on;          /* ro: the thread runs */
+    pthread_mutex_t     lock;
+    pthread_cond_t      cond;        /* monotonic: wakes the thread */
+    bool                stop;        /* lock */
+    uint32_t            seen;        /* thread only: *now_seen at base */
+    struct timespec     base;        /* thread only: when seen changed */
+    struct timespec     ts;          /* thread only: the last reading */
+};
+
+/* Inits pm (not started); false when a lock cannot be made, nothing left. */
+bool persist_maint_init(struct persist_maint *pm, uint32_t tick_ms,
+                        _Atomic uint32_t *now_seen);
+
+/* Frees what init made; the thread must be stopped. */
+void persist_maint_deinit(struct persist_maint *pm);
+
+/* Starts fn(arg) as the thread; false when it cannot. */
+bool persist_maint_start(struct persist_maint *pm, void *(*fn)(void *),
+                         void *arg);
+
+/* Tells the thread to stop, wakes it and joins it; no-op when not on. */
+void persist_maint_stop(struct persist_maint *pm);
+
+/* The maintenance thread only: the unix time to work at, this round. */
+uint32_t persist_maint_now(struct persist_maint *pm);
+
+/*
+ * The maintenance thread only: unless more, sleeps one tick past the last
+ * persist_maint_now (or until woken); false when the thread must stop.
+ */
+bool persist_maint_next(struct persist_maint *pm, bool more);
 
 #endif /* STASHD_STORAGE_PERSIST_H */

@@ -683,11 +683,8 @@ sq_destroy(struct store *s, const struct open_state *st)
     }
     /* In reverse order of sync_objects_init. */
     switch (st->locks) {
-    case 6:
-        pthread_cond_destroy(&s->maint_cond);
-        /* fall through */
     case 5:
-        pthread_mutex_destroy(&s->maint_lock);
+        persist_maint_deinit(&s->pm);
         /* fall through */
     case 4:
         pthread_mutex_destroy(&s->hint_lock);
@@ -733,14 +730,10 @@ sync_objects_init(const struct store_cfg *cfg, struct store *s,
         return false;
     }
     st->locks = 4;
-    if (pthread_mutex_init(&s->maint_lock, NULL) != 0) {
+    if (!persist_maint_init(&s->pm, SQ_TICK_MS, &s->now_seen)) {
         return false;
     }
     st->locks = 5;
-    if (!persist_cond_init_mono(&s->maint_cond)) {
-        return false;
-    }
-    st->locks = 6;
     return true;
 }
 
@@ -853,7 +846,7 @@ void
 store_sqlite_close(struct store **sp)
 {
     struct store *s = *sp;
-    struct open_state st = { 6 };
+    struct open_state st = { 5 };
 
     if (s == NULL) {
         return;
