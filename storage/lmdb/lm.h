@@ -3,10 +3,10 @@
  * the on-disk record and metadata layouts, struct store and struct
  * store_thr, the write-op queue (group commit), the syncer and the
  * maintenance thread. Everything hangs off one struct store, so two stores
- * in one process share nothing. Lock order: wlock, then ps.lock; hint_lock
+ * in one process share nothing. Lock order: wq.lock, then ps.lock; hint_lock
  * is only ever try-locked by readers and taken alone by the maintenance
  * thread. The LMDB write transaction is held only by the current batch
- * leader (wbusy), never across a wait on another lock.
+ * leader (wq.busy), never across a wait on another lock.
  */
 #ifndef STASHD_STORAGE_LM_H
 #define STASHD_STORAGE_LM_H
@@ -144,11 +144,10 @@ struct lm_maint;
 
 /*
  * One write request, on its caller's stack while the caller waits. The
- * leader of a batch fills the results and then sets done under wlock.
+ * leader of a batch fills the results and then sets done under wq.lock.
  */
 struct lm_op {
-    struct lm_op             *next;     /* private: the queue */
-    struct store_thr         *t;        /* ro: whose cond to signal */
+    struct persist_qnode      q;        /* private: the queue */
     lm_op_kind_e              kind;
     uint32_t                  now;
     const struct store_key   *k;
@@ -166,8 +165,16 @@ struct lm_op {
     uint64_t                  value;    /* ARITH */
     uint64_t                  seq;      /* the commit that holds it */
     bool                      wrote;    /* changed the data: needs a sync */
-    bool                      done;     /* wlock */
 };
+
+/* The op a queue node is in; NULL for NULL. */
+static inline struct lm_op *
+lm_op_of(struct persist_qnode *n)
+{
+    return n == NULL ? NULL
+                     : (struct lm_op *)(void *)((char *)n -
+                                                offsetof(struct lm_op, q));
+}
 
 /* A buffer of packed keys with their CAS (and a time), built by maint. */
 struct lm_keybuf {
@@ -189,7 +196,7 @@ struct lm_maint {
 struct store_thr {
     struct store    *s;         /* ro */
     MDB_txn         *rtxn;      /* private: reset between calls */
-    pthread_cond_t   cond;      /* with s->wlock: our op is done / lead */
+    pthread_cond_t   cond;      /* with s->wq.lock: op done / lead */
 };
 
 /* Counters shown by stats; relaxed atomics, any thread. */
@@ -233,10 +240,7 @@ struct store {
     uint32_t         created;
 
     /* Write queue: combining leader/follower group commit. */
-    pthread_mutex_t  wlock;
-    struct lm_op    *qhead;       /* wlock */
-    struct lm_op    *qtail;       /* wlock */
-    bool             wbusy;       /* wlock: a leader runs a batch */
+    struct persist_queue wq;      /* persist_queue.c: leads, batches */
     _Atomic uint64_t seq;         /* last committed batch; leader writes */
     unsigned char   *scratch;     /* leader only: record copies */
     size_t           scratch_cap;
@@ -307,6 +311,9 @@ store_rc_e store_lmdb_rc(int mrc);
  * with an attached thr; op lives on the caller's stack.
  */
 void store_lmdb_submit(struct store_thr *t, struct lm_op *op);
+
+/* Runs a batch of ops as the leader (the queue's persist_batch_fn). */
+void store_lmdb_run_batch(void *arg, struct persist_qnode *batch);
 
 /* Starts the maintenance thread (sweeper, recency, background evict). */
 bool store_lmdb_maint_start(struct store *s);

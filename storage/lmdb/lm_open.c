@@ -310,7 +310,7 @@ lm_destroy(struct store *s, const struct open_state *st)
         persist_sync_deinit(&s->ps);
         /* fall through */
     case 1:
-        pthread_mutex_destroy(&s->wlock);
+        persist_queue_deinit(&s->wq);
         /* fall through */
     default:
         break;
@@ -325,7 +325,7 @@ static bool
 sync_objects_init(const struct store_cfg *cfg, struct store *s,
                   struct open_state *st)
 {
-    if (pthread_mutex_init(&s->wlock, NULL) != 0) {
+    if (!persist_queue_init(&s->wq, store_lmdb_run_batch, s)) {
         return false;
     }
     st->locks = 1;

@@ -1,11 +1,11 @@
 /*
  * Pieces the two persistent backends (lmdb, sqlite) share and that owe
  * nothing to either library: the data directory and its lock file, the
- * syncer thread with its group-commit waiters, the maintenance thread's
- * lifecycle and clock, and the small helpers they need. It sees storage.h
- * and libc only, never a backend's struct store: a backend embeds struct
- * persist_sync in its store and hands over the one thing that differs, how
- * to make its file durable, and owns what its maintenance rounds do. It
+ * combining write queue, the syncer thread with its group-commit waiters,
+ * the maintenance thread's lifecycle and clock, and small helpers. It sees
+ * storage.h and libc only, never a backend's struct store: a backend embeds
+ * these structs in its store and hands over what differs (how to run a
+ * batch, how to make its file durable, what a maintenance round does). It
  * must never touch a backend's data.
  */
 #ifndef STASHD_STORAGE_PERSIST_H
@@ -158,5 +158,53 @@ uint32_t persist_maint_now(struct persist_maint *pm);
  * persist_maint_now (or until woken); false when the thread must stop.
  */
 bool persist_maint_next(struct persist_maint *pm, bool more);
+
+/*
+ * A combining write queue (group commit without a writer thread): a
+ * submitter queues its op and waits; whoever finds nobody leading takes
+ * every op queued so far as one batch, runs it outside the lock, marks
+ * each done and hands the lead to the oldest waiter. An exclusive taker
+ * (checkpoint catch-up, say) gets the lead before the next batch.
+ */
+struct persist_qnode {
+    struct persist_qnode *next;      /* private: the queue, then the batch */
+    pthread_cond_t       *cond;      /* ro: the submitter's, with lock */
+    bool                  done;      /* lock */
+};
+
+/* Runs a batch (linked by next), holding the lead but not the lock. */
+typedef void (*persist_batch_fn)(void *arg, struct persist_qnode *batch);
+
+struct persist_queue {
+    /* ro after init */
+    persist_batch_fn      run;
+    void                 *arg;
+
+    pthread_mutex_t       lock;
+    pthread_cond_t        excl_cond; /* with lock: the lead is free */
+    struct persist_qnode *head;      /* lock */
+    struct persist_qnode *tail;      /* lock */
+    bool                  busy;      /* lock: someone holds the lead */
+    unsigned              excl_want; /* lock: exclusive takers waiting */
+};
+
+/* Inits q; false when a lock cannot be made, with nothing left to undo. */
+bool persist_queue_init(struct persist_queue *q, persist_batch_fn run,
+                        void *arg);
+
+/* Frees what init made; nobody may be using q. */
+void persist_queue_deinit(struct persist_queue *q);
+
+/*
+ * Queues n, waits on cond (the caller's, with q->lock) until a batch has
+ * run it, leading that batch when nobody else does. Any thread; n lives on
+ * the caller's stack until this returns.
+ */
+void persist_queue_submit(struct persist_queue *q, struct persist_qnode *n,
+                          pthread_cond_t *cond);
+
+/* Runs fn(arg) holding the lead alone, once the current batch is done. */
+void persist_queue_exclusive(struct persist_queue *q, void (*fn)(void *),
+                             void *arg);
 
 #endif /* STASHD_STORAGE_PERSIST_H */

@@ -3,10 +3,10 @@
  * the schema's names, struct store and struct store_thr, the statement
  * table, the write-op queue (group commit), the syncer and the maintenance
  * thread. Everything hangs off one struct store, so two stores in one
- * process share nothing. Lock order: wlock, then ps.lock; hint_lock is
+ * process share nothing. Lock order: wq.lock, then ps.lock; hint_lock is
  * only ever try-locked by readers and taken alone by the maintenance
  * thread. The writer connection is used only by the thread that holds the
- * lead (wbusy), never by two threads at once, so every connection can be
+ * lead (wq.busy), never by two threads at once, so every connection can be
  * opened SQLITE_OPEN_NOMUTEX.
  */
 #ifndef STASHD_STORAGE_SQ_H
@@ -131,11 +131,10 @@ struct sq_maint;
 
 /*
  * One write request, on its caller's stack while the caller waits. The
- * leader of a batch fills the results and then sets done under wlock.
+ * leader of a batch fills the results and then sets done under wq.lock.
  */
 struct sq_op {
-    struct sq_op             *next;     /* private: the queue */
-    struct store_thr         *t;        /* ro: whose cond to signal */
+    struct persist_qnode      q;        /* private: the queue */
     sq_op_kind_e              kind;
     uint32_t                  now;
     const struct store_key   *k;
@@ -154,8 +153,16 @@ struct sq_op {
                                          * 2 flushed */
     uint64_t                  seq;      /* the commit that holds it */
     bool                      wrote;    /* changed the data: needs a sync */
-    bool                      done;     /* wlock */
 };
+
+/* The op a queue node is in; NULL for NULL. */
+static inline struct sq_op *
+sq_op_of(struct persist_qnode *n)
+{
+    return n == NULL ? NULL
+                     : (struct sq_op *)(void *)((char *)n -
+                                                offsetof(struct sq_op, q));
+}
 
 /* A buffer of packed keys with their CAS (and a time), built by maint. */
 struct sq_keybuf {
@@ -178,7 +185,7 @@ struct sq_maint {
 struct store_thr {
     struct store    *s;         /* ro */
     struct sq_conn   c;         /* private: this thread's connection */
-    pthread_cond_t   cond;      /* with s->wlock: our op is done / lead */
+    pthread_cond_t   cond;      /* with s->wq.lock: op done / lead */
 };
 
 /* Counters shown by stats; relaxed atomics, any thread. */
@@ -234,12 +241,7 @@ struct store {
     bool             opened;      /* open succeeded: close writes clean */
 
     /* Write queue: combining leader/follower group commit. */
-    pthread_mutex_t  wlock;
-    pthread_cond_t   excl_cond;   /* with wlock: the lead is free */
-    struct sq_op    *qhead;       /* wlock */
-    struct sq_op    *qtail;       /* wlock */
-    bool             wbusy;       /* wlock: someone holds the lead */
-    unsigned         excl_want;   /* wlock: exclusive takers waiting */
+    struct persist_queue wq;      /* persist_queue.c: leads, batches */
     _Atomic uint64_t seq;         /* last committed batch; leader writes */
     unsigned char   *scratch;     /* leader only: values being built */
     size_t           scratch_cap;
@@ -346,18 +348,15 @@ void store_sqlite_rec(sqlite3_stmt *st, int i, struct sq_rec *r);
  */
 void store_sqlite_submit(struct store_thr *t, struct sq_op *op);
 
+/* Runs a batch of ops as the leader (the queue's persist_batch_fn). */
+void store_sqlite_run_batch(void *arg, struct persist_qnode *batch);
+
 /*
  * Rewrites the meta row from s->meta in a transaction of its own, with
  * cas_max = cas_col and the clean flag; the SQLite result code. Only with
  * the lead held, or while no other thread can write (open, close).
  */
 int store_sqlite_meta_commit(struct store *s, uint64_t cas_col, bool clean);
-
-/*
- * Runs fn(arg) while holding the lead: no write transaction runs and none
- * starts until it returns. Any thread; for rare maintenance only.
- */
-void store_sqlite_exclusive(struct store *s, void (*fn)(void *), void *arg);
 
 /* fdatasync of the WAL now; 0 or an errno. For open and close. */
 int store_sqlite_sync_wal(struct store *s);

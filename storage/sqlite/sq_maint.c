@@ -20,7 +20,7 @@
  * steady stream of writes a PASSIVE checkpoint never quite catches up, and
  * SQLite starts the WAL over only when one has; so once the WAL holds more
  * than s->wal_restart bytes of frames, one RESTART checkpoint runs while
- * this thread holds the write lead (store_sqlite_exclusive): it only has
+ * this thread holds the write lead (persist_queue_exclusive): it only has
  * the frames since the last tick left to copy, it waits (microseconds) for
  * readers of older frames, and the next commit starts the WAL over.
  */
@@ -282,7 +282,7 @@ maint_checkpoint(struct store *s, struct store_thr *t, struct sweep *sw)
     if ((int64_t)frames * (s->page_size + 24) > s->wal_restart) {
         struct catch_up cu = { s, t, false };
 
-        store_sqlite_exclusive(s, catch_up, &cu);
+        persist_queue_exclusive(&s->wq, catch_up, &cu);
         sq_inc(&s->ctr.ckpt_restarts, 1);
         sw->ckpt_behind = !cu.all;
         sw->ckpt_seq = atomic_load_explicit(&s->seq, memory_order_acquire);

@@ -683,20 +683,17 @@ sq_destroy(struct store *s, const struct open_state *st)
     }
     /* In reverse order of sync_objects_init. */
     switch (st->locks) {
-    case 5:
+    case 4:
         persist_maint_deinit(&s->pm);
         /* fall through */
-    case 4:
+    case 3:
         pthread_mutex_destroy(&s->hint_lock);
         /* fall through */
-    case 3:
+    case 2:
         persist_sync_deinit(&s->ps);
         /* fall through */
-    case 2:
-        pthread_cond_destroy(&s->excl_cond);
-        /* fall through */
     case 1:
-        pthread_mutex_destroy(&s->wlock);
+        persist_queue_deinit(&s->wq);
         /* fall through */
     default:
         break;
@@ -713,27 +710,23 @@ static bool
 sync_objects_init(const struct store_cfg *cfg, struct store *s,
                   struct open_state *st)
 {
-    if (pthread_mutex_init(&s->wlock, NULL) != 0) {
+    if (!persist_queue_init(&s->wq, store_sqlite_run_batch, s)) {
         return false;
     }
     st->locks = 1;
-    if (pthread_cond_init(&s->excl_cond, NULL) != 0) {
-        return false;
-    }
-    st->locks = 2;
     if (!persist_sync_init(&s->ps, cfg->sync, cfg->sync_interval_ms,
                            sq_fsync, s, &s->seq, &s->wfail)) {
         return false;
     }
-    st->locks = 3;
+    st->locks = 2;
     if (pthread_mutex_init(&s->hint_lock, NULL) != 0) {
         return false;
     }
-    st->locks = 4;
+    st->locks = 3;
     if (!persist_maint_init(&s->pm, SQ_TICK_MS, &s->now_seen)) {
         return false;
     }
-    st->locks = 5;
+    st->locks = 4;
     return true;
 }
 
@@ -846,7 +839,7 @@ void
 store_sqlite_close(struct store **sp)
 {
     struct store *s = *sp;
-    struct open_state st = { 5 };
+    struct open_state st = { 4 };
 
     if (s == NULL) {
         return;
