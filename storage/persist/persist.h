@@ -104,6 +104,17 @@ bool persist_sync_start(struct persist_sync *ps);
 /* Stops it: a last sync, every pending completion called; then joined. */
 void persist_sync_stop(struct persist_sync *ps);
 
+/* Emits one stats line whose value is v in decimal. */
+void persist_emit_u64(store_emit_fn emit, void *arg, const char *name,
+                      uint64_t v);
+
+/*
+ * Emits the syncer's stats lines, each name prefixed ("lmdb" gives
+ * lmdb_sync, lmdb_sync_interval_ms, ..., lmdb_last_sync). Any thread.
+ */
+void persist_sync_stats(struct persist_sync *ps, const char *prefix,
+                        store_emit_fn emit, void *arg);
+
 /* Wakes the syncer after a commit (always mode); any thread. */
 void persist_sync_kick(struct persist_sync *ps);
 

@@ -12,6 +12,8 @@
  */
 #include "storage/persist/persist.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -266,4 +268,52 @@ persist_sync_wait(struct persist_sync *ps, struct store_call *c, uint64_t seq)
         pthread_cond_wait(&ps->synced_cond, &ps->lock);
     }
     pthread_mutex_unlock(&ps->lock);
+}
+
+void
+persist_emit_u64(store_emit_fn emit, void *arg, const char *name, uint64_t v)
+{
+    char val[24];
+
+    snprintf(val, sizeof(val), "%" PRIu64, v);
+    emit(arg, name, val);
+}
+
+static const char *
+sync_name(store_sync_e m)
+{
+    switch (m) {
+    case STORE_SYNC_ALWAYS:
+        return "always";
+    case STORE_SYNC_PERIODIC:
+        return "periodic";
+    case STORE_SYNC_NONE:
+        return "none";
+    }
+    return "unknown";
+}
+
+void
+persist_sync_stats(struct persist_sync *ps, const char *prefix,
+                   store_emit_fn emit, void *arg)
+{
+    char name[64];
+
+    snprintf(name, sizeof(name), "%s_sync", prefix);
+    emit(arg, name, sync_name(ps->mode));
+    snprintf(name, sizeof(name), "%s_sync_interval_ms", prefix);
+    persist_emit_u64(emit, arg, name, ps->interval_ms);
+    snprintf(name, sizeof(name), "%s_sync_count", prefix);
+    persist_emit_u64(emit, arg, name,
+                     atomic_load_explicit(&ps->count, memory_order_relaxed));
+    snprintf(name, sizeof(name), "%s_sync_errors", prefix);
+    persist_emit_u64(emit, arg, name,
+                     atomic_load_explicit(&ps->errors, memory_order_relaxed));
+    snprintf(name, sizeof(name), "%s_sync_usec", prefix);
+    persist_emit_u64(emit, arg, name,
+                     atomic_load_explicit(&ps->usec, memory_order_relaxed));
+    snprintf(name, sizeof(name), "%s_last_sync", prefix);
+    persist_emit_u64(emit, arg, name,
+                     atomic_load_explicit(&ps->last_sync,
+                                          memory_order_relaxed));
 }
