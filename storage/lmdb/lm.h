@@ -3,15 +3,16 @@
  * the on-disk record and metadata layouts, struct store and struct
  * store_thr, the write-op queue (group commit), the syncer and the
  * maintenance thread. Everything hangs off one struct store, so two stores
- * in one process share nothing. Lock order: wlock, then sync_lock; hint_lock
+ * in one process share nothing. Lock order: wq.lock, then ps.lock; hint_lock
  * is only ever try-locked by readers and taken alone by the maintenance
  * thread. The LMDB write transaction is held only by the current batch
- * leader (wbusy), never across a wait on another lock.
+ * leader (wq.busy), never across a wait on another lock.
  */
 #ifndef STASHD_STORAGE_LM_H
 #define STASHD_STORAGE_LM_H
 
 #include "storage/storage.h"
+#include "storage/persist/persist.h"
 
 #include <lmdb.h>
 #include <pthread.h>
@@ -23,7 +24,6 @@
 
 /* Files in the data directory. LMDB names data.mdb and lock.mdb itself. */
 #define LM_DATA_FILE   "data.mdb"
-#define LM_LOCK_FILE   "stashd.lock"
 
 /* Names inside the environment: a plain record and a named DB. */
 #define LM_META_KEY    "stashd"
@@ -41,6 +41,9 @@
 
 /* An item's recency is refreshed at most this often (seconds). */
 #define LM_ATIME_GRAIN 60u
+
+/* The maintenance thread's round when idle (ms). */
+#define LM_TICK_MS     100u
 
 #define LM_DEFAULT_MEM_LIMIT (64ull * 1024 * 1024)
 #define LM_DEFAULT_ITEM_MAX  (1024u * 1024u)
@@ -141,11 +144,10 @@ struct lm_maint;
 
 /*
  * One write request, on its caller's stack while the caller waits. The
- * leader of a batch fills the results and then sets done under wlock.
+ * leader of a batch fills the results and then sets done under wq.lock.
  */
 struct lm_op {
-    struct lm_op             *next;     /* private: the queue */
-    struct store_thr         *t;        /* ro: whose cond to signal */
+    struct persist_qnode      q;        /* private: the queue */
     lm_op_kind_e              kind;
     uint32_t                  now;
     const struct store_key   *k;
@@ -163,8 +165,16 @@ struct lm_op {
     uint64_t                  value;    /* ARITH */
     uint64_t                  seq;      /* the commit that holds it */
     bool                      wrote;    /* changed the data: needs a sync */
-    bool                      done;     /* wlock */
 };
+
+/* The op a queue node is in; NULL for NULL. */
+static inline struct lm_op *
+lm_op_of(struct persist_qnode *n)
+{
+    return n == NULL ? NULL
+                     : (struct lm_op *)(void *)((char *)n -
+                                                offsetof(struct lm_op, q));
+}
 
 /* A buffer of packed keys with their CAS (and a time), built by maint. */
 struct lm_keybuf {
@@ -186,7 +196,7 @@ struct lm_maint {
 struct store_thr {
     struct store    *s;         /* ro */
     MDB_txn         *rtxn;      /* private: reset between calls */
-    pthread_cond_t   cond;      /* with s->wlock: our op is done / lead */
+    pthread_cond_t   cond;      /* with s->wq.lock: op done / lead */
 };
 
 /* Counters shown by stats; relaxed atomics, any thread. */
@@ -218,8 +228,6 @@ struct store {
     uint64_t         map_size;
     uint32_t         item_max;
     bool             no_evict;
-    store_sync_e     sync;
-    uint32_t         sync_interval_ms;
 
     /* Committed state, published by the batch leader after commit. */
     _Atomic uint64_t flush_cas;
@@ -232,43 +240,23 @@ struct store {
     uint32_t         created;
 
     /* Write queue: combining leader/follower group commit. */
-    pthread_mutex_t  wlock;
-    struct lm_op    *qhead;       /* wlock */
-    struct lm_op    *qtail;       /* wlock */
-    bool             wbusy;       /* wlock: a leader runs a batch */
+    struct persist_queue wq;      /* persist_queue.c: leads, batches */
     _Atomic uint64_t seq;         /* last committed batch; leader writes */
     unsigned char   *scratch;     /* leader only: record copies */
     size_t           scratch_cap;
     unsigned char    hand[STORE_KEY_MAX];  /* leader only: evict position */
     size_t           hand_len;
 
-    /* Syncer. */
-    pthread_t        syncer;
-    bool             syncer_on;
-    pthread_mutex_t  sync_lock;
-    pthread_cond_t   sync_cond;   /* monotonic: wakes the syncer */
-    pthread_cond_t   synced_cond; /* a sync finished */
-    bool             sync_stop;   /* sync_lock */
-    struct store_wait **waits;    /* sync_lock: pending completions */
-    size_t           nwaits;
-    size_t           waits_cap;
-    _Atomic uint64_t synced_seq;  /* every commit <= it is on disk */
-    _Atomic uint64_t sync_count;
-    _Atomic uint64_t sync_errors;
-    _Atomic uint32_t last_sync;   /* unix time of the last good sync */
-    _Atomic uint64_t sync_usec;   /* time spent in fsync, total */
+    /* Syncer (persist_sync.c): mdb_env_sync per --sync, group commit. */
+    struct persist_sync ps;
 
     /* Read hints (recency refresh), filled by readers with trylock. */
     pthread_mutex_t  hint_lock;
     struct lm_keybuf hints;       /* hint_lock */
 
     /* Maintenance thread. */
-    pthread_t        maint;
-    bool             maint_on;
     struct store_thr *maint_thr;  /* its own read txn and cond */
-    pthread_mutex_t  maint_lock;
-    pthread_cond_t   maint_cond;  /* monotonic */
-    bool             maint_stop;  /* maint_lock */
+    struct persist_maint pm;      /* its thread, tick and clock */
 
     struct lm_ctr    ctr;
 };
@@ -317,10 +305,6 @@ void store_lmdb_detach(struct store_thr **tp);
 /* An MDB error as a store_rc_e (MAP_FULL and ENOSPC are ENOMEM). */
 store_rc_e store_lmdb_rc(int mrc);
 
-/* Writes "path: what" into cfg->err (when given). */
-void store_lmdb_err(const struct store_cfg *cfg, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
 /*
  * Queues op, waits until a batch has run it (running the batch itself when
  * no other thread leads) and returns with op's results filled in. Any thread
@@ -328,21 +312,8 @@ void store_lmdb_err(const struct store_cfg *cfg, const char *fmt, ...)
  */
 void store_lmdb_submit(struct store_thr *t, struct lm_op *op);
 
-/*
- * After a write op that changed data: makes the caller wait for durability
- * per the sync mode (pending with c->wait, blocking without).
- */
-void store_lmdb_durable(struct store *s, struct store_call *c,
-                        const struct lm_op *op);
-
-/* Starts the syncer (periodic and always only); false when it cannot. */
-bool store_lmdb_sync_start(struct store *s);
-
-/* Stops it: a last sync, every pending completion called; then joined. */
-void store_lmdb_sync_stop(struct store *s);
-
-/* Wakes the syncer after a commit (always mode). */
-void store_lmdb_sync_kick(struct store *s);
+/* Runs a batch of ops as the leader (the queue's persist_batch_fn). */
+void store_lmdb_run_batch(void *arg, struct persist_qnode *batch);
 
 /* Starts the maintenance thread (sweeper, recency, background evict). */
 bool store_lmdb_maint_start(struct store *s);

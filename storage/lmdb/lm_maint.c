@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-#define LM_TICK_MS       100u
 #define LM_SWEEP_SCAN    4096u   /* items looked at per tick */
 #define LM_SWEEP_DEL     256u    /* dead items deleted per op */
 #define LM_HINT_CAP      (32u * 1024u)   /* bytes of pending hints: some
@@ -204,46 +203,16 @@ maint_main(void *arg)
     struct store *s = t->s;
     struct sweep sw;
     struct lm_maint mt;
-    uint32_t seen = atomic_load_explicit(&s->now_seen, memory_order_relaxed);
-    struct timespec base;
-    struct timespec ts;
 
     memset(&sw, 0, sizeof(sw));
     memset(&mt, 0, sizeof(mt));
-    clock_gettime(CLOCK_MONOTONIC, &base);
     for (;;) {
-        uint32_t cur = atomic_load_explicit(&s->now_seen,
-                                            memory_order_relaxed);
-        bool more;
+        /* The time requests told, run on while idle (persist_maint.c). */
+        bool more = maint_work(s, t, &sw, &mt, persist_maint_now(&s->pm));
 
-        /*
-         * Requests tell the time; between them, run the last one told on
-         * by the monotonic clock, so an idle store still sweeps.
-         */
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        if (cur != seen) {
-            seen = cur;
-            base = ts;
-        }
-        more = maint_work(s, t, &sw, &mt,
-                          seen + (uint32_t)(ts.tv_sec - base.tv_sec));
-
-        pthread_mutex_lock(&s->maint_lock);
-        if (!more && !s->maint_stop) {
-            struct timespec until = ts;
-
-            until.tv_nsec += (long)LM_TICK_MS * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&s->maint_cond, &s->maint_lock, &until);
-        }
-        if (s->maint_stop) {
-            pthread_mutex_unlock(&s->maint_lock);
+        if (!persist_maint_next(&s->pm, more)) {
             break;
         }
-        pthread_mutex_unlock(&s->maint_lock);
     }
     store_lmdb_keybuf_deinit(&mt.dead);
     store_lmdb_keybuf_deinit(&mt.touch);
@@ -256,26 +225,19 @@ store_lmdb_maint_start(struct store *s)
     if (store_lmdb_attach(s, &s->maint_thr) != STORE_OK) {
         return false;
     }
-    s->maint_stop = false;
-    if (pthread_create(&s->maint, NULL, maint_main, s->maint_thr) != 0) {
+    if (!persist_maint_start(&s->pm, maint_main, s->maint_thr)) {
         store_lmdb_detach(&s->maint_thr);
         return false;
     }
-    s->maint_on = true;
     return true;
 }
 
 void
 store_lmdb_maint_stop(struct store *s)
 {
-    if (!s->maint_on) {
+    if (!s->pm.on) {
         return;
     }
-    pthread_mutex_lock(&s->maint_lock);
-    s->maint_stop = true;
-    pthread_cond_signal(&s->maint_cond);
-    pthread_mutex_unlock(&s->maint_lock);
-    pthread_join(s->maint, NULL);
+    persist_maint_stop(&s->pm);
     store_lmdb_detach(&s->maint_thr);
-    s->maint_on = false;
 }

@@ -13,28 +13,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define LM_MAP_HEADROOM  (64ull * 1024 * 1024)
 #define LM_MIN_READERS   126u
-
-void
-store_lmdb_err(const struct store_cfg *cfg, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (cfg->err == NULL || cfg->errlen == 0) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(cfg->err, cfg->errlen, fmt, ap);
-    va_end(ap);
-}
 
 store_rc_e
 store_lmdb_rc(int mrc)
@@ -90,82 +75,6 @@ store_lmdb_meta_decode(const unsigned char *p, size_t len, struct lm_meta *m,
     return true;
 }
 
-/* mkdir -p with 0700 for what it creates. */
-static store_rc_e
-make_dir(const struct store_cfg *cfg, const char *dir)
-{
-    size_t n = strlen(dir);
-    char *p = malloc(n + 1);
-    struct stat st;
-
-    if (p == NULL) {
-        return STORE_ENOMEM;
-    }
-    memcpy(p, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (p[i] != '/' && p[i] != '\0') {
-            continue;
-        }
-        p[i] = '\0';
-        if (mkdir(p, 0700) != 0 && errno != EEXIST) {
-            store_lmdb_err(cfg, "cannot create %s: %s", p, strerror(errno));
-            free(p);
-            return STORE_EIO;
-        }
-        p[i] = i < n ? '/' : '\0';
-    }
-    free(p);
-    if (stat(dir, &st) != 0) {
-        store_lmdb_err(cfg, "%s: %s", dir, strerror(errno));
-        return STORE_EIO;
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        store_lmdb_err(cfg, "%s: not a directory", dir);
-        return STORE_EINVAL;
-    }
-    return STORE_OK;
-}
-
-/* Takes DIR/stashd.lock; the lock lives as long as the descriptor. */
-static store_rc_e
-lock_dir(const struct store_cfg *cfg, struct store *s)
-{
-    char path[4096];
-    char buf[32];
-    ssize_t n;
-    int fd;
-
-    snprintf(path, sizeof(path), "%s/%s", s->dir, LM_LOCK_FILE);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        store_lmdb_err(cfg, "%s: %s", path, strerror(errno));
-        return STORE_EIO;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
-
-        n = pread(fd, buf, sizeof(buf) - 1, 0);
-        buf[n > 0 ? n : 0] = '\0';
-        buf[strcspn(buf, "\n")] = '\0';
-        close(fd);
-        if (e == EWOULDBLOCK) {
-            store_lmdb_err(cfg, "%s: the data directory is in use by "
-                           "another stashd%s%s%s", path,
-                           buf[0] ? " (pid " : "", buf, buf[0] ? ")" : "");
-            return STORE_ELOCKED;
-        }
-        store_lmdb_err(cfg, "%s: cannot lock: %s", path, strerror(e));
-        return STORE_EIO;
-    }
-    /* Who holds it, for the next one's message; best effort. */
-    n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
-        /* The lock is what matters; the pid is only a courtesy. */
-    }
-    s->lock_fd = fd;
-    return STORE_OK;
-}
-
 /*
  * A store written under a larger -m may use more pages than our map: give
  * it headroom past what it uses, or not even an eviction (which needs
@@ -183,27 +92,27 @@ map_fit(const struct store_cfg *cfg, struct store *s)
 
     if ((rc = mdb_env_info(s->env, &info)) != 0 ||
         (rc = mdb_env_stat(s->env, &st)) != 0) {
-        store_lmdb_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
-                       mdb_strerror(rc));
+        persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
+                    mdb_strerror(rc));
         return STORE_EIO;
     }
     used = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
     snprintf(path, sizeof(path), "%s/%s", s->dir, LM_DATA_FILE);
     if (stat(path, &fst) == 0 && (uint64_t)fst.st_size < used) {
         /* Reading a page past the end of the file would be a SIGBUS. */
-        store_lmdb_err(cfg, "%s: truncated: %llu bytes, its pages need "
-                       "%llu; refusing to touch it", path,
-                       (unsigned long long)fst.st_size,
-                       (unsigned long long)used);
+        persist_err(cfg, "%s: truncated: %llu bytes, its pages need "
+                    "%llu; refusing to touch it", path,
+                    (unsigned long long)fst.st_size,
+                    (unsigned long long)used);
         return STORE_ECORRUPT;
     }
     if (info.me_mapsize < used + LM_MAP_HEADROOM) {
         rc = mdb_env_set_mapsize(s->env, (size_t)(used + LM_MAP_HEADROOM));
         if (rc != 0) {
-            store_lmdb_err(cfg, "%s/%s: cannot map %llu bytes: %s", s->dir,
-                           LM_DATA_FILE,
-                           (unsigned long long)(used + LM_MAP_HEADROOM),
-                           mdb_strerror(rc));
+            persist_err(cfg, "%s/%s: cannot map %llu bytes: %s", s->dir,
+                        LM_DATA_FILE,
+                        (unsigned long long)(used + LM_MAP_HEADROOM),
+                        mdb_strerror(rc));
             return store_lmdb_rc(rc);
         }
     }
@@ -221,13 +130,13 @@ env_open(const struct store_cfg *cfg, struct store *s)
     }
     rc = mdb_env_create(&s->env);
     if (rc != 0) {
-        store_lmdb_err(cfg, "%s: %s", s->dir, mdb_strerror(rc));
+        persist_err(cfg, "%s: %s", s->dir, mdb_strerror(rc));
         return STORE_ENOMEM;
     }
     if ((rc = mdb_env_set_maxdbs(s->env, 2)) != 0 ||
         (rc = mdb_env_set_maxreaders(s->env, readers)) != 0 ||
         (rc = mdb_env_set_mapsize(s->env, (size_t)s->map_size)) != 0) {
-        store_lmdb_err(cfg, "%s: %s", s->dir, mdb_strerror(rc));
+        persist_err(cfg, "%s: %s", s->dir, mdb_strerror(rc));
         return STORE_EINVAL;
     }
     /*
@@ -242,12 +151,12 @@ env_open(const struct store_cfg *cfg, struct store *s)
         return map_fit(cfg, s);
     }
     if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
-        store_lmdb_err(cfg, "%s/%s: not an LMDB file this stashd can read "
-                       "(%s); refusing to touch it", s->dir, LM_DATA_FILE,
-                       mdb_strerror(rc));
+        persist_err(cfg, "%s/%s: not an LMDB file this stashd can read "
+                    "(%s); refusing to touch it", s->dir, LM_DATA_FILE,
+                    mdb_strerror(rc));
         return STORE_ECORRUPT;
     }
-    store_lmdb_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE, mdb_strerror(rc));
+    persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE, mdb_strerror(rc));
     return rc == ENOMEM ? STORE_ENOMEM : STORE_EIO;
 }
 
@@ -279,8 +188,8 @@ meta_create(const struct store_cfg *cfg, struct store *s)
         rc = mdb_env_sync(s->env, 1);
     }
     if (rc != 0) {
-        store_lmdb_err(cfg, "%s/%s: cannot create the store: %s", s->dir,
-                       LM_DATA_FILE, mdb_strerror(rc));
+        persist_err(cfg, "%s/%s: cannot create the store: %s", s->dir,
+                    LM_DATA_FILE, mdb_strerror(rc));
         return store_lmdb_rc(rc);
     }
     return STORE_OK;
@@ -301,8 +210,8 @@ meta_load(const struct store_cfg *cfg, struct store *s)
     /* Read-only: looking never writes, whatever we find. */
     rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (rc != 0) {
-        store_lmdb_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
-                       mdb_strerror(rc));
+        persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
+                    mdb_strerror(rc));
         return store_lmdb_rc(rc);
     }
     rc = mdb_dbi_open(txn, NULL, 0, &s->main_dbi);
@@ -318,62 +227,56 @@ meta_load(const struct store_cfg *cfg, struct store *s)
     }
     if (rc == MDB_NOTFOUND) {
         mdb_txn_abort(txn);
-        store_lmdb_err(cfg, "%s/%s: an LMDB database that is not a stashd "
-                       "store; refusing to touch it", s->dir, LM_DATA_FILE);
+        persist_err(cfg, "%s/%s: an LMDB database that is not a stashd "
+                    "store; refusing to touch it", s->dir, LM_DATA_FILE);
         return STORE_ECORRUPT;
     }
     if (rc != 0) {
         mdb_txn_abort(txn);
-        store_lmdb_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
-                       mdb_strerror(rc));
+        persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
+                    mdb_strerror(rc));
         return store_lmdb_rc(rc);
     }
     if (!store_lmdb_meta_decode(val.mv_data, val.mv_size, &s->meta,
                                 &format)) {
         mdb_txn_abort(txn);
-        store_lmdb_err(cfg, "%s/%s: not a stashd store (bad metadata "
-                       "record); refusing to touch it", s->dir,
-                       LM_DATA_FILE);
+        persist_err(cfg, "%s/%s: not a stashd store (bad metadata "
+                    "record); refusing to touch it", s->dir,
+                    LM_DATA_FILE);
         return STORE_ECORRUPT;
     }
     if (format != LM_FORMAT) {
         mdb_txn_abort(txn);
-        store_lmdb_err(cfg, "%s/%s: stashd store format %u, this stashd "
-                       "reads format %u", s->dir, LM_DATA_FILE, format,
-                       LM_FORMAT);
+        persist_err(cfg, "%s/%s: stashd store format %u, this stashd "
+                    "reads format %u", s->dir, LM_DATA_FILE, format,
+                    LM_FORMAT);
         return STORE_ECORRUPT;
     }
     rc = mdb_dbi_open(txn, LM_ITEMS_DB, 0, &s->items);
     if (rc != 0) {
         mdb_txn_abort(txn);
-        store_lmdb_err(cfg, "%s/%s: stashd store without its items "
-                       "database (%s)", s->dir, LM_DATA_FILE,
-                       mdb_strerror(rc));
+        persist_err(cfg, "%s/%s: stashd store without its items "
+                    "database (%s)", s->dir, LM_DATA_FILE,
+                    mdb_strerror(rc));
         return STORE_ECORRUPT;
     }
     /* Committing a read-only txn keeps the DB handles open. */
     rc = mdb_txn_commit(txn);
     if (rc != 0) {
-        store_lmdb_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
-                       mdb_strerror(rc));
+        persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
+                    mdb_strerror(rc));
         return store_lmdb_rc(rc);
     }
     return STORE_OK;
 }
 
-static bool
-cond_init_mono(pthread_cond_t *c)
+/* The syncer's hook: every commit so far to disk (MDB_NOSYNC otherwise). */
+static int
+lm_fsync(void *arg)
 {
-    pthread_condattr_t ca;
-    bool ok;
+    struct store *s = arg;
 
-    if (pthread_condattr_init(&ca) != 0) {
-        return false;
-    }
-    ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
-         pthread_cond_init(c, &ca) == 0;
-    pthread_condattr_destroy(&ca);
-    return ok;
+    return mdb_env_sync(s->env, 1);
 }
 
 /* What open set up, so that a failure undoes exactly that. */
@@ -385,7 +288,7 @@ static void
 lm_destroy(struct store *s, const struct open_state *st)
 {
     store_lmdb_maint_stop(s);
-    store_lmdb_sync_stop(s);
+    persist_sync_stop(&s->ps);
     if (s->env != NULL) {
         if (s->env_opened) {
             (void)mdb_env_sync(s->env, 1);
@@ -397,68 +300,48 @@ lm_destroy(struct store *s, const struct open_state *st)
     }
     /* In reverse order of lm_open's init list. */
     switch (st->locks) {
-    case 7:
-        pthread_cond_destroy(&s->maint_cond);
-        /* fall through */
-    case 6:
-        pthread_mutex_destroy(&s->maint_lock);
-        /* fall through */
-    case 5:
-        pthread_mutex_destroy(&s->hint_lock);
-        /* fall through */
     case 4:
-        pthread_cond_destroy(&s->synced_cond);
+        persist_maint_deinit(&s->pm);
         /* fall through */
     case 3:
-        pthread_cond_destroy(&s->sync_cond);
+        pthread_mutex_destroy(&s->hint_lock);
         /* fall through */
     case 2:
-        pthread_mutex_destroy(&s->sync_lock);
+        persist_sync_deinit(&s->ps);
         /* fall through */
     case 1:
-        pthread_mutex_destroy(&s->wlock);
+        persist_queue_deinit(&s->wq);
         /* fall through */
     default:
         break;
     }
     store_lmdb_keybuf_deinit(&s->hints);
-    free(s->waits);
     free(s->scratch);
     free(s->dir);
     free(s);
 }
 
 static bool
-sync_objects_init(struct store *s, struct open_state *st)
+sync_objects_init(const struct store_cfg *cfg, struct store *s,
+                  struct open_state *st)
 {
-    if (pthread_mutex_init(&s->wlock, NULL) != 0) {
+    if (!persist_queue_init(&s->wq, store_lmdb_run_batch, s)) {
         return false;
     }
     st->locks = 1;
-    if (pthread_mutex_init(&s->sync_lock, NULL) != 0) {
+    if (!persist_sync_init(&s->ps, cfg->sync, cfg->sync_interval_ms,
+                           lm_fsync, s, &s->seq, &s->wfail)) {
         return false;
     }
     st->locks = 2;
-    if (!cond_init_mono(&s->sync_cond)) {
-        return false;
-    }
-    st->locks = 3;
-    if (pthread_cond_init(&s->synced_cond, NULL) != 0) {
-        return false;
-    }
-    st->locks = 4;
     if (pthread_mutex_init(&s->hint_lock, NULL) != 0) {
         return false;
     }
-    st->locks = 5;
-    if (pthread_mutex_init(&s->maint_lock, NULL) != 0) {
+    st->locks = 3;
+    if (!persist_maint_init(&s->pm, LM_TICK_MS, &s->now_seen)) {
         return false;
     }
-    st->locks = 6;
-    if (!cond_init_mono(&s->maint_cond)) {
-        return false;
-    }
-    st->locks = 7;
+    st->locks = 4;
     return true;
 }
 
@@ -474,7 +357,7 @@ store_lmdb_open(const struct store_cfg *cfg, struct store **out)
         cfg->err[0] = '\0';
     }
     if (cfg->data_dir == NULL || cfg->data_dir[0] == '\0') {
-        store_lmdb_err(cfg, "no data directory given (--data-dir)");
+        persist_err(cfg, "no data directory given (--data-dir)");
         return STORE_EINVAL;
     }
     s = calloc(1, sizeof(*s));
@@ -483,15 +366,13 @@ store_lmdb_open(const struct store_cfg *cfg, struct store **out)
     }
     s->lock_fd = -1;
     s->dir = strdup(cfg->data_dir);
-    if (s->dir == NULL || !sync_objects_init(s, &st)) {
+    if (s->dir == NULL || !sync_objects_init(cfg, s, &st)) {
         goto fail;
     }
     s->mem_limit = cfg->mem_limit != 0 ? cfg->mem_limit
                                         : LM_DEFAULT_MEM_LIMIT;
     s->item_max = cfg->item_max != 0 ? cfg->item_max : LM_DEFAULT_ITEM_MAX;
     s->no_evict = cfg->no_evict;
-    s->sync = cfg->sync;
-    s->sync_interval_ms = cfg->sync_interval_ms;
     /*
      * Map: one byte of item data can take about two of pages (half-full
      * B-tree pages, overflow pages rounded up) and copy-on-write keeps
@@ -500,13 +381,13 @@ store_lmdb_open(const struct store_cfg *cfg, struct store **out)
     s->map_size = s->mem_limit * 3 + LM_MAP_HEADROOM;
     atomic_init(&s->now_seen, cfg->now);
     if (s->item_max < LM_ITEM_MAX_LOWEST || s->item_max > LM_ITEM_MAX_HIGHEST ||
-        s->sync > STORE_SYNC_NONE) {
-        store_lmdb_err(cfg, "bad item size limit or sync mode");
+        s->ps.mode > STORE_SYNC_NONE) {
+        persist_err(cfg, "bad item size limit or sync mode");
         rc = STORE_EINVAL;
         goto fail;
     }
-    if ((rc = make_dir(cfg, s->dir)) != STORE_OK ||
-        (rc = lock_dir(cfg, s)) != STORE_OK ||
+    if ((rc = persist_make_dir(cfg, s->dir)) != STORE_OK ||
+        (rc = persist_lock_dir(cfg, s->dir, &s->lock_fd)) != STORE_OK ||
         (rc = env_open(cfg, s)) != STORE_OK ||
         (rc = meta_load(cfg, s)) != STORE_OK) {
         goto fail;
@@ -516,8 +397,8 @@ store_lmdb_open(const struct store_cfg *cfg, struct store **out)
     atomic_init(&s->cas_max, s->meta.cas_max);
     atomic_init(&s->bytes, s->meta.bytes);
     rc = STORE_ENOMEM;
-    if (!store_lmdb_sync_start(s) || !store_lmdb_maint_start(s)) {
-        store_lmdb_err(cfg, "cannot start the lmdb backend's threads");
+    if (!persist_sync_start(&s->ps) || !store_lmdb_maint_start(s)) {
+        persist_err(cfg, "cannot start the lmdb backend's threads");
         goto fail;
     }
     *out = s;
@@ -531,7 +412,7 @@ void
 store_lmdb_close(struct store **sp)
 {
     struct store *s = *sp;
-    struct open_state st = { 7 };
+    struct open_state st = { 4 };
 
     if (s == NULL) {
         return;

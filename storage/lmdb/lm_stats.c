@@ -6,8 +6,6 @@
  */
 #include "storage/lmdb/lm.h"
 
-#include <inttypes.h>
-#include <stdio.h>
 
 static uint64_t
 ld(_Atomic uint64_t *c)
@@ -54,29 +52,6 @@ store_lmdb_stats(struct store_thr *t, struct store_stats *out)
 }
 
 static void
-emit_u64(store_emit_fn emit, void *arg, const char *name, uint64_t v)
-{
-    char val[24];
-
-    snprintf(val, sizeof(val), "%" PRIu64, v);
-    emit(arg, name, val);
-}
-
-static const char *
-sync_name(store_sync_e m)
-{
-    switch (m) {
-    case STORE_SYNC_ALWAYS:
-        return "always";
-    case STORE_SYNC_PERIODIC:
-        return "periodic";
-    case STORE_SYNC_NONE:
-        return "none";
-    }
-    return "unknown";
-}
-
-static void
 group_general(struct store_thr *t, store_emit_fn emit, void *arg)
 {
     struct store *s = t->s;
@@ -89,32 +64,29 @@ group_general(struct store_thr *t, store_emit_fn emit, void *arg)
     memset(&est, 0, sizeof(est));
     (void)mdb_env_info(s->env, &info);
     (void)mdb_env_stat(s->env, &est);
-    emit_u64(emit, arg, "lmdb_map_size", info.me_mapsize);
-    emit_u64(emit, arg, "lmdb_page_size", est.ms_psize);
-    emit_u64(emit, arg, "lmdb_used_pages", (uint64_t)info.me_last_pgno + 1);
-    emit_u64(emit, arg, "lmdb_used_bytes",
-             ((uint64_t)info.me_last_pgno + 1) * est.ms_psize);
-    emit_u64(emit, arg, "lmdb_last_txnid", info.me_last_txnid);
-    emit_u64(emit, arg, "lmdb_readers", info.me_numreaders);
-    emit_u64(emit, arg, "lmdb_max_readers", info.me_maxreaders);
-    emit_u64(emit, arg, "lmdb_entries", n);
-    emit_u64(emit, arg, "lmdb_depth", depth);
-    emit(arg, "lmdb_sync", sync_name(s->sync));
-    emit_u64(emit, arg, "lmdb_sync_interval_ms", s->sync_interval_ms);
-    emit_u64(emit, arg, "lmdb_sync_count", ld(&s->sync_count));
-    emit_u64(emit, arg, "lmdb_sync_errors", ld(&s->sync_errors));
-    emit_u64(emit, arg, "lmdb_sync_usec", ld(&s->sync_usec));
-    emit_u64(emit, arg, "lmdb_last_sync",
-             atomic_load_explicit(&s->last_sync, memory_order_relaxed));
-    emit_u64(emit, arg, "lmdb_commits", ld(&s->ctr.commits));
-    emit_u64(emit, arg, "lmdb_commit_ops", ld(&s->ctr.commit_ops));
-    emit_u64(emit, arg, "lmdb_batch_retries", ld(&s->ctr.aborts));
-    emit_u64(emit, arg, "lmdb_map_full", ld(&s->ctr.map_full));
-    emit_u64(emit, arg, "lmdb_hints_dropped", ld(&s->ctr.hints_dropped));
-    emit_u64(emit, arg, "lmdb_recency_refreshes", ld(&s->ctr.refreshes));
-    emit_u64(emit, arg, "lmdb_cas_max", ld(&s->cas_max));
-    emit_u64(emit, arg, "lmdb_write_failed",
-             atomic_load(&s->wfail) != 0 ? 1 : 0);
+    persist_emit_u64(emit, arg, "lmdb_map_size", info.me_mapsize);
+    persist_emit_u64(emit, arg, "lmdb_page_size", est.ms_psize);
+    persist_emit_u64(emit, arg, "lmdb_used_pages",
+                     (uint64_t)info.me_last_pgno + 1);
+    persist_emit_u64(emit, arg, "lmdb_used_bytes",
+                     ((uint64_t)info.me_last_pgno + 1) * est.ms_psize);
+    persist_emit_u64(emit, arg, "lmdb_last_txnid", info.me_last_txnid);
+    persist_emit_u64(emit, arg, "lmdb_readers", info.me_numreaders);
+    persist_emit_u64(emit, arg, "lmdb_max_readers", info.me_maxreaders);
+    persist_emit_u64(emit, arg, "lmdb_entries", n);
+    persist_emit_u64(emit, arg, "lmdb_depth", depth);
+    persist_sync_stats(&s->ps, "lmdb", emit, arg);
+    persist_emit_u64(emit, arg, "lmdb_commits", ld(&s->ctr.commits));
+    persist_emit_u64(emit, arg, "lmdb_commit_ops", ld(&s->ctr.commit_ops));
+    persist_emit_u64(emit, arg, "lmdb_batch_retries", ld(&s->ctr.aborts));
+    persist_emit_u64(emit, arg, "lmdb_map_full", ld(&s->ctr.map_full));
+    persist_emit_u64(emit, arg, "lmdb_hints_dropped",
+                     ld(&s->ctr.hints_dropped));
+    persist_emit_u64(emit, arg, "lmdb_recency_refreshes",
+                     ld(&s->ctr.refreshes));
+    persist_emit_u64(emit, arg, "lmdb_cas_max", ld(&s->cas_max));
+    persist_emit_u64(emit, arg, "lmdb_write_failed",
+                     atomic_load(&s->wfail) != 0 ? 1 : 0);
 }
 
 store_rc_e

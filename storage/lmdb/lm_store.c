@@ -25,11 +25,12 @@
  *   write transaction, one writer at a time, and no dedicated writer
  *   thread to hand off to (measured: ~15% more writes/s than a mutex
  *   around a transaction per op).
- * - Durability (lm_sync.c): the environment runs MDB_NOSYNC, so a commit is
- *   cheap and lands in the page cache, which survives kill -9; a syncer
- *   thread fsyncs every --sync-interval ms (periodic), never (none, but at
- *   close), or as soon as writes are waiting (always): such a write returns
- *   with call->pending set and its wait->done is called after the fsync
+ * - Durability (persist_sync.c): the environment runs MDB_NOSYNC, so
+ *   a commit is cheap and lands in the page cache, which survives kill -9;
+ *   a syncer thread fsyncs every --sync-interval ms (periodic), never
+ *   (none, but at close), or as soon as writes are waiting (always): such
+ *   a write returns with call->pending set and its wait->done is called
+ *   after the fsync
  *   that covers its commit, one fsync for all writes committed meanwhile;
  *   without a wait struct the call blocks until then. Caveat, LMDB's own
  *   for MDB_NOSYNC: a power loss or kernel crash (not a process crash)
@@ -150,7 +151,7 @@ lm_gat(struct store_thr *t, struct store_call *c, const struct store_key *k,
         out->pin = NULL;
     }
     if (op.wrote) {
-        store_lmdb_durable(s, c, &op);
+        persist_sync_wait(&s->ps, c, op.seq);
     }
     return op.rc;
 }
@@ -235,7 +236,7 @@ run(struct store_thr *t, struct store_call *c, struct lm_op *op)
     op->now = c->now;
     store_lmdb_submit(t, op);
     if (op->wrote) {
-        store_lmdb_durable(s, c, op);
+        persist_sync_wait(&s->ps, c, op->seq);
     }
     return op->rc;
 }

@@ -7,9 +7,10 @@
  * wakes the waiters; the next queued thread then leads the following
  * batch. So there is never more than one writer, writes that arrive while
  * a batch runs share the next commit, and nobody waits on a dedicated
- * writer thread's wake-up. Durability is the syncer's business (lm_sync.c).
- * If a batch fails (map full, disk full, I/O), it is aborted and its ops
- * are rerun one per transaction, so only the op that cannot fit fails.
+ * writer thread's wake-up. Durability is the syncer's business
+ * (persist_sync.c). If a batch fails (map full, disk full, I/O), it is
+ * aborted and its ops are rerun one per transaction, so only the op that
+ * cannot fit fails.
  * This file never reads a clock and never calls fsync.
  */
 #include "storage/lmdb/lm.h"
@@ -765,8 +766,8 @@ run_txn(struct store *s, struct lm_op *first, bool single)
     if (rc != 0) {
         return rc;
     }
-    for (struct lm_op *op = first; op != NULL; op = single ? NULL
-                                                            : op->next) {
+    for (struct lm_op *op = first; op != NULL;
+         op = single ? NULL : lm_op_of(op->q.next)) {
         op->rc = apply(&w, op);
         nops++;
         if (w.mrc != 0) {
@@ -806,12 +807,12 @@ run_txn(struct store *s, struct lm_op *first, bool single)
         lm_inc(&s->ctr.reclaimed, w.reclaimed);
         lm_inc(&s->ctr.refreshes, w.refreshes);
     }
-    for (struct lm_op *op = first; op != NULL; op = single ? NULL
-                                                            : op->next) {
+    for (struct lm_op *op = first; op != NULL;
+         op = single ? NULL : lm_op_of(op->q.next)) {
         op->seq = seq;
     }
-    if (w.dirty && s->sync == STORE_SYNC_ALWAYS) {
-        store_lmdb_sync_kick(s);
+    if (w.dirty && s->ps.mode == STORE_SYNC_ALWAYS) {
+        persist_sync_kick(&s->ps);
     }
     return 0;
 }
@@ -851,16 +852,17 @@ disk_full(const struct store *s)
 static void
 run_batch(struct store *s, struct lm_op *batch)
 {
-    int rc = run_txn(s, batch, batch->next == NULL);
+    int rc = run_txn(s, batch, batch->q.next == NULL);
 
     if (rc == 0) {
         return;
     }
-    if (batch->next != NULL) {
+    if (batch->q.next != NULL) {
         lm_inc(&s->ctr.aborts, 1);
     }
-    for (struct lm_op *op = batch; op != NULL; op = op->next) {
-        rc = batch->next == NULL ? rc : run_txn(s, op, true);
+    for (struct lm_op *op = batch; op != NULL;
+         op = lm_op_of(op->q.next)) {
+        rc = batch->q.next == NULL ? rc : run_txn(s, op, true);
         if (rc == MDB_MAP_FULL) {
             lm_inc(&s->ctr.map_full, 1);
             if (!s->no_evict && op->kind != LM_OP_MAINT) {
@@ -882,49 +884,13 @@ run_batch(struct store *s, struct lm_op *batch)
 }
 
 void
+store_lmdb_run_batch(void *arg, struct persist_qnode *batch)
+{
+    run_batch(arg, lm_op_of(batch));
+}
+
+void
 store_lmdb_submit(struct store_thr *t, struct lm_op *op)
 {
-    struct store *s = t->s;
-
-    op->t = t;
-    op->next = NULL;
-    op->done = false;
-    pthread_mutex_lock(&s->wlock);
-    if (s->qtail != NULL) {
-        s->qtail->next = op;
-    } else {
-        s->qhead = op;
-    }
-    s->qtail = op;
-    while (!op->done) {
-        struct lm_op *batch;
-
-        if (s->wbusy) {
-            pthread_cond_wait(&t->cond, &s->wlock);
-            continue;
-        }
-        /* Lead: everything queued so far goes into one transaction. */
-        batch = s->qhead;
-        s->qhead = NULL;
-        s->qtail = NULL;
-        s->wbusy = true;
-        pthread_mutex_unlock(&s->wlock);
-        run_batch(s, batch);
-        pthread_mutex_lock(&s->wlock);
-        for (struct lm_op *o = batch, *next; o != NULL; o = next) {
-            struct store_thr *ot = o->t;
-
-            next = o->next;
-            o->done = true;   /* o may be gone once wlock is released */
-            if (ot != t) {
-                pthread_cond_signal(&ot->cond);
-            }
-        }
-        s->wbusy = false;
-        if (s->qhead != NULL) {
-            /* Hand the lead to the oldest waiter. */
-            pthread_cond_signal(&s->qhead->t->cond);
-        }
-    }
-    pthread_mutex_unlock(&s->wlock);
+    persist_queue_submit(&t->s->wq, &op->q, &t->cond);
 }

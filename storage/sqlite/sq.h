@@ -3,16 +3,17 @@
  * the schema's names, struct store and struct store_thr, the statement
  * table, the write-op queue (group commit), the syncer and the maintenance
  * thread. Everything hangs off one struct store, so two stores in one
- * process share nothing. Lock order: wlock, then sync_lock; hint_lock is
+ * process share nothing. Lock order: wq.lock, then ps.lock; hint_lock is
  * only ever try-locked by readers and taken alone by the maintenance
  * thread. The writer connection is used only by the thread that holds the
- * lead (wbusy), never by two threads at once, so every connection can be
+ * lead (wq.busy), never by two threads at once, so every connection can be
  * opened SQLITE_OPEN_NOMUTEX.
  */
 #ifndef STASHD_STORAGE_SQ_H
 #define STASHD_STORAGE_SQ_H
 
 #include "storage/storage.h"
+#include "storage/persist/persist.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -25,7 +26,6 @@
 /* Files in the data directory; SQLite adds stashd.db-wal and -shm. */
 #define SQ_DB_FILE     "stashd.db"
 #define SQ_WAL_SUFFIX  "-wal"
-#define SQ_LOCK_FILE   "stashd.lock"
 #define SQ_LMDB_FILE   "data.mdb"        /* an lmdb store: not ours */
 
 #define SQ_MAGIC       "stashd"          /* meta.magic */
@@ -44,6 +44,9 @@
 
 /* An item's recency is refreshed at most this often (seconds). */
 #define SQ_ATIME_GRAIN 60u
+
+/* The maintenance thread's round when idle (ms). */
+#define SQ_TICK_MS     100u
 
 #define SQ_DEFAULT_MEM_LIMIT (64ull * 1024 * 1024)
 #define SQ_DEFAULT_ITEM_MAX  (1024u * 1024u)
@@ -128,11 +131,10 @@ struct sq_maint;
 
 /*
  * One write request, on its caller's stack while the caller waits. The
- * leader of a batch fills the results and then sets done under wlock.
+ * leader of a batch fills the results and then sets done under wq.lock.
  */
 struct sq_op {
-    struct sq_op             *next;     /* private: the queue */
-    struct store_thr         *t;        /* ro: whose cond to signal */
+    struct persist_qnode      q;        /* private: the queue */
     sq_op_kind_e              kind;
     uint32_t                  now;
     const struct store_key   *k;
@@ -151,8 +153,16 @@ struct sq_op {
                                          * 2 flushed */
     uint64_t                  seq;      /* the commit that holds it */
     bool                      wrote;    /* changed the data: needs a sync */
-    bool                      done;     /* wlock */
 };
+
+/* The op a queue node is in; NULL for NULL. */
+static inline struct sq_op *
+sq_op_of(struct persist_qnode *n)
+{
+    return n == NULL ? NULL
+                     : (struct sq_op *)(void *)((char *)n -
+                                                offsetof(struct sq_op, q));
+}
 
 /* A buffer of packed keys with their CAS (and a time), built by maint. */
 struct sq_keybuf {
@@ -175,7 +185,7 @@ struct sq_maint {
 struct store_thr {
     struct store    *s;         /* ro */
     struct sq_conn   c;         /* private: this thread's connection */
-    pthread_cond_t   cond;      /* with s->wlock: our op is done / lead */
+    pthread_cond_t   cond;      /* with s->wq.lock: op done / lead */
 };
 
 /* Counters shown by stats; relaxed atomics, any thread. */
@@ -213,8 +223,6 @@ struct store {
     uint64_t         mem_limit;
     uint32_t         item_max;
     bool             no_evict;
-    store_sync_e     sync;
-    uint32_t         sync_interval_ms;
     uint32_t         page_size;
     int64_t          wal_restart; /* WAL bytes that call for a catch-up */
     struct sq_conn   w;           /* the writer: the leader's only */
@@ -233,33 +241,15 @@ struct store {
     bool             opened;      /* open succeeded: close writes clean */
 
     /* Write queue: combining leader/follower group commit. */
-    pthread_mutex_t  wlock;
-    pthread_cond_t   excl_cond;   /* with wlock: the lead is free */
-    struct sq_op    *qhead;       /* wlock */
-    struct sq_op    *qtail;       /* wlock */
-    bool             wbusy;       /* wlock: someone holds the lead */
-    unsigned         excl_want;   /* wlock: exclusive takers waiting */
+    struct persist_queue wq;      /* persist_queue.c: leads, batches */
     _Atomic uint64_t seq;         /* last committed batch; leader writes */
     unsigned char   *scratch;     /* leader only: values being built */
     size_t           scratch_cap;
     unsigned char    hand[STORE_KEY_MAX];  /* leader only: evict position */
     size_t           hand_len;
 
-    /* Syncer. */
-    pthread_t        syncer;
-    bool             syncer_on;
-    pthread_mutex_t  sync_lock;
-    pthread_cond_t   sync_cond;   /* monotonic: wakes the syncer */
-    pthread_cond_t   synced_cond; /* a sync finished */
-    bool             sync_stop;   /* sync_lock */
-    struct store_wait **waits;    /* sync_lock: pending completions */
-    size_t           nwaits;
-    size_t           waits_cap;
-    _Atomic uint64_t synced_seq;  /* every commit <= it is on disk */
-    _Atomic uint64_t sync_count;
-    _Atomic uint64_t sync_errors;
-    _Atomic uint32_t last_sync;   /* unix time of the last good sync */
-    _Atomic uint64_t sync_usec;   /* time spent in fdatasync, total */
+    /* Syncer (persist_sync.c): fdatasync of the WAL, group commit. */
+    struct persist_sync ps;
     _Atomic uint32_t last_ckpt;   /* unix time of the last checkpoint */
 
     /* Read hints (recency refresh), filled by readers with trylock. */
@@ -267,12 +257,8 @@ struct store {
     struct sq_keybuf hints;       /* hint_lock */
 
     /* Maintenance thread. */
-    pthread_t        maint;
-    bool             maint_on;
     struct store_thr *maint_thr;  /* its own connection and cond */
-    pthread_mutex_t  maint_lock;
-    pthread_cond_t   maint_cond;  /* monotonic */
-    bool             maint_stop;  /* maint_lock */
+    struct persist_maint pm;      /* its thread, tick and clock */
 
     struct sq_ctr    ctr;
 };
@@ -352,10 +338,6 @@ void store_sqlite_note_err(struct store *s, int rc);
  */
 int store_sqlite_busy(void *arg, int tries);
 
-/* Writes "what" into cfg->err (when given). */
-void store_sqlite_err(const struct store_cfg *cfg, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
 /* Decodes the columns (cas, flags, exptime, stored, atime, fetched) at i. */
 void store_sqlite_rec(sqlite3_stmt *st, int i, struct sq_rec *r);
 
@@ -366,34 +348,15 @@ void store_sqlite_rec(sqlite3_stmt *st, int i, struct sq_rec *r);
  */
 void store_sqlite_submit(struct store_thr *t, struct sq_op *op);
 
+/* Runs a batch of ops as the leader (the queue's persist_batch_fn). */
+void store_sqlite_run_batch(void *arg, struct persist_qnode *batch);
+
 /*
  * Rewrites the meta row from s->meta in a transaction of its own, with
  * cas_max = cas_col and the clean flag; the SQLite result code. Only with
  * the lead held, or while no other thread can write (open, close).
  */
 int store_sqlite_meta_commit(struct store *s, uint64_t cas_col, bool clean);
-
-/*
- * Runs fn(arg) while holding the lead: no write transaction runs and none
- * starts until it returns. Any thread; for rare maintenance only.
- */
-void store_sqlite_exclusive(struct store *s, void (*fn)(void *), void *arg);
-
-/*
- * After a write op that changed data: makes the caller wait for durability
- * per the sync mode (pending with c->wait, blocking without).
- */
-void store_sqlite_durable(struct store *s, struct store_call *c,
-                          const struct sq_op *op);
-
-/* Starts the syncer (periodic and always only); false when it cannot. */
-bool store_sqlite_sync_start(struct store *s);
-
-/* Stops it: a last sync, every pending completion called; then joined. */
-void store_sqlite_sync_stop(struct store *s);
-
-/* Wakes the syncer after a commit (always mode). */
-void store_sqlite_sync_kick(struct store *s);
 
 /* fdatasync of the WAL now; 0 or an errno. For open and close. */
 int store_sqlite_sync_wal(struct store *s);

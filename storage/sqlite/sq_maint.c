@@ -20,7 +20,7 @@
  * steady stream of writes a PASSIVE checkpoint never quite catches up, and
  * SQLite starts the WAL over only when one has; so once the WAL holds more
  * than s->wal_restart bytes of frames, one RESTART checkpoint runs while
- * this thread holds the write lead (store_sqlite_exclusive): it only has
+ * this thread holds the write lead (persist_queue_exclusive): it only has
  * the frames since the last tick left to copy, it waits (microseconds) for
  * readers of older frames, and the next commit starts the WAL over.
  */
@@ -29,7 +29,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-#define SQ_TICK_MS       100u
 #define SQ_SWEEP_SCAN    4096u   /* rows looked at per tick after a flush */
 #define SQ_SWEEP_DEL     256u    /* dead items deleted per op */
 #define SQ_HINT_CAP      (32u * 1024u)   /* bytes of pending hints: some
@@ -283,7 +282,7 @@ maint_checkpoint(struct store *s, struct store_thr *t, struct sweep *sw)
     if ((int64_t)frames * (s->page_size + 24) > s->wal_restart) {
         struct catch_up cu = { s, t, false };
 
-        store_sqlite_exclusive(s, catch_up, &cu);
+        persist_queue_exclusive(&s->wq, catch_up, &cu);
         sq_inc(&s->ctr.ckpt_restarts, 1);
         sw->ckpt_behind = !cu.all;
         sw->ckpt_seq = atomic_load_explicit(&s->seq, memory_order_acquire);
@@ -339,48 +338,18 @@ maint_main(void *arg)
     struct store *s = t->s;
     struct sweep sw;
     struct sq_maint mt;
-    uint32_t seen = atomic_load_explicit(&s->now_seen, memory_order_relaxed);
-    struct timespec base;
-    struct timespec ts;
 
     memset(&sw, 0, sizeof(sw));
     memset(&mt, 0, sizeof(mt));
     sw.ckpt_seq = atomic_load_explicit(&s->seq, memory_order_relaxed);
     sw.ckpt_behind = true;        /* a WAL left by a crash, say */
-    clock_gettime(CLOCK_MONOTONIC, &base);
     for (;;) {
-        uint32_t cur = atomic_load_explicit(&s->now_seen,
-                                            memory_order_relaxed);
-        bool more;
+        /* The time requests told, run on while idle (persist_maint.c). */
+        bool more = maint_work(s, t, &sw, &mt, persist_maint_now(&s->pm));
 
-        /*
-         * Requests tell the time; between them, run the last one told on
-         * by the monotonic clock, so an idle store still sweeps.
-         */
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        if (cur != seen) {
-            seen = cur;
-            base = ts;
-        }
-        more = maint_work(s, t, &sw, &mt,
-                          seen + (uint32_t)(ts.tv_sec - base.tv_sec));
-
-        pthread_mutex_lock(&s->maint_lock);
-        if (!more && !s->maint_stop) {
-            struct timespec until = ts;
-
-            until.tv_nsec += (long)SQ_TICK_MS * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&s->maint_cond, &s->maint_lock, &until);
-        }
-        if (s->maint_stop) {
-            pthread_mutex_unlock(&s->maint_lock);
+        if (!persist_maint_next(&s->pm, more)) {
             break;
         }
-        pthread_mutex_unlock(&s->maint_lock);
     }
     store_sqlite_keybuf_deinit(&mt.dead);
     store_sqlite_keybuf_deinit(&mt.touch);
@@ -393,26 +362,19 @@ store_sqlite_maint_start(struct store *s)
     if (store_sqlite_attach(s, &s->maint_thr) != STORE_OK) {
         return false;
     }
-    s->maint_stop = false;
-    if (pthread_create(&s->maint, NULL, maint_main, s->maint_thr) != 0) {
+    if (!persist_maint_start(&s->pm, maint_main, s->maint_thr)) {
         store_sqlite_detach(&s->maint_thr);
         return false;
     }
-    s->maint_on = true;
     return true;
 }
 
 void
 store_sqlite_maint_stop(struct store *s)
 {
-    if (!s->maint_on) {
+    if (!s->pm.on) {
         return;
     }
-    pthread_mutex_lock(&s->maint_lock);
-    s->maint_stop = true;
-    pthread_cond_signal(&s->maint_cond);
-    pthread_mutex_unlock(&s->maint_lock);
-    pthread_join(s->maint, NULL);
+    persist_maint_stop(&s->pm);
     store_sqlite_detach(&s->maint_thr);
-    s->maint_on = false;
 }

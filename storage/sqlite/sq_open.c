@@ -17,11 +17,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -118,19 +116,6 @@ store_sqlite_busy(void *arg, int tries)
     ts.tv_nsec = tries < 20 ? 50 * 1000L : 1000 * 1000L;
     nanosleep(&ts, NULL);
     return 1;
-}
-
-void
-store_sqlite_err(const struct store_cfg *cfg, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (cfg->err == NULL || cfg->errlen == 0) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(cfg->err, cfg->errlen, fmt, ap);
-    va_end(ap);
 }
 
 store_rc_e
@@ -300,83 +285,6 @@ store_sqlite_connect(struct store *s, struct sq_conn *c, bool writer,
     return rc;
 }
 
-/* mkdir -p with 0700 for what it creates. */
-static store_rc_e
-make_dir(const struct store_cfg *cfg, const char *dir)
-{
-    size_t n = strlen(dir);
-    char *p = malloc(n + 1);
-    struct stat st;
-
-    if (p == NULL) {
-        return STORE_ENOMEM;
-    }
-    memcpy(p, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (p[i] != '/' && p[i] != '\0') {
-            continue;
-        }
-        p[i] = '\0';
-        if (mkdir(p, 0700) != 0 && errno != EEXIST) {
-            store_sqlite_err(cfg, "cannot create %s: %s", p,
-                             strerror(errno));
-            free(p);
-            return STORE_EIO;
-        }
-        p[i] = i < n ? '/' : '\0';
-    }
-    free(p);
-    if (stat(dir, &st) != 0) {
-        store_sqlite_err(cfg, "%s: %s", dir, strerror(errno));
-        return STORE_EIO;
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        store_sqlite_err(cfg, "%s: not a directory", dir);
-        return STORE_EINVAL;
-    }
-    return STORE_OK;
-}
-
-/* Takes DIR/stashd.lock; the lock lives as long as the descriptor. */
-static store_rc_e
-lock_dir(const struct store_cfg *cfg, struct store *s)
-{
-    char path[4096];
-    char buf[32];
-    ssize_t n;
-    int fd;
-
-    snprintf(path, sizeof(path), "%s/%s", s->dir, SQ_LOCK_FILE);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        store_sqlite_err(cfg, "%s: %s", path, strerror(errno));
-        return STORE_EIO;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
-
-        n = pread(fd, buf, sizeof(buf) - 1, 0);
-        buf[n > 0 ? n : 0] = '\0';
-        buf[strcspn(buf, "\n")] = '\0';
-        close(fd);
-        if (e == EWOULDBLOCK) {
-            store_sqlite_err(cfg, "%s: the data directory is in use by "
-                             "another stashd%s%s%s", path,
-                             buf[0] ? " (pid " : "", buf, buf[0] ? ")" : "");
-            return STORE_ELOCKED;
-        }
-        store_sqlite_err(cfg, "%s: cannot lock: %s", path, strerror(e));
-        return STORE_EIO;
-    }
-    /* Who holds it, for the next one's message; best effort. */
-    n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
-        /* The lock is what matters; the pid is only a courtesy. */
-    }
-    s->lock_fd = fd;
-    return STORE_OK;
-}
-
 /* Refuses a file that does not start with SQLite's header string. */
 static store_rc_e
 check_header(const struct store_cfg *cfg, const char *path, off_t size)
@@ -392,14 +300,14 @@ check_header(const struct store_cfg *cfg, const char *path, off_t size)
     /* Read-only, and closed before SQLite opens the file at all. */
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        store_sqlite_err(cfg, "%s: %s", path, strerror(errno));
+        persist_err(cfg, "%s: %s", path, strerror(errno));
         return STORE_EIO;
     }
     n = pread(fd, head, sizeof(head), 0);
     close(fd);
     if (n != (ssize_t)sizeof(head) || memcmp(head, magic, 16) != 0) {
-        store_sqlite_err(cfg, "%s: not an SQLite database; refusing to "
-                         "touch it", path);
+        persist_err(cfg, "%s: not an SQLite database; refusing to "
+                    "touch it", path);
         return STORE_ECORRUPT;
     }
     return STORE_OK;
@@ -458,10 +366,10 @@ inspect(const struct store_cfg *cfg, struct store *s, bool *fresh)
     if (rc != SQLITE_OK) {
         store_rc_e src = store_sqlite_rc(rc);
 
-        store_sqlite_err(cfg, "%s: %s%s", s->db_path,
-                         db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc),
-                         src == STORE_ECORRUPT ? "; refusing to touch it"
-                                               : "");
+        persist_err(cfg, "%s: %s%s", s->db_path,
+                    db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc),
+                    src == STORE_ECORRUPT ? "; refusing to touch it"
+                                          : "");
         sqlite3_close(db);
         return src == STORE_ECORRUPT ? src : STORE_EIO;
     }
@@ -471,9 +379,9 @@ inspect(const struct store_cfg *cfg, struct store *s, bool *fresh)
                   "FROM pragma_application_id", &appid, NULL, 0);
         sqlite3_close(db);
         if (rc != SQLITE_OK || (appid != 0 && appid != SQ_APP_ID)) {
-            store_sqlite_err(cfg, "%s: an SQLite database of another "
-                             "application (id %lld); refusing to touch it",
-                             s->db_path, (long long)appid);
+            persist_err(cfg, "%s: an SQLite database of another "
+                        "application (id %lld); refusing to touch it",
+                        s->db_path, (long long)appid);
             return STORE_ECORRUPT;
         }
         *fresh = true;
@@ -482,19 +390,19 @@ inspect(const struct store_cfg *cfg, struct store *s, bool *fresh)
     rc = peek(db, "SELECT format, magic FROM meta WHERE id = 1", &n, magic,
               sizeof(magic));
     if (rc != SQLITE_OK || strcmp(magic, SQ_MAGIC) != 0) {
-        store_sqlite_err(cfg, "%s: an SQLite database that is not a stashd "
-                         "store (%s); refusing to touch it", s->db_path,
-                         rc == SQLITE_NOTFOUND ? "no meta row"
-                         : rc != SQLITE_OK ? sqlite3_errmsg(db)
-                                           : "wrong magic in meta");
+        persist_err(cfg, "%s: an SQLite database that is not a stashd "
+                    "store (%s); refusing to touch it", s->db_path,
+                    rc == SQLITE_NOTFOUND ? "no meta row"
+                    : rc != SQLITE_OK ? sqlite3_errmsg(db)
+                                      : "wrong magic in meta");
         sqlite3_close(db);
         return (rc & 0xff) == SQLITE_BUSY ? STORE_EIO : STORE_ECORRUPT;
     }
     sqlite3_close(db);
     if (n != SQ_FORMAT) {
-        store_sqlite_err(cfg, "%s: stashd store format %lld, this stashd "
-                         "reads format %d; refusing to touch it", s->db_path,
-                         (long long)n, SQ_FORMAT);
+        persist_err(cfg, "%s: stashd store format %lld, this stashd "
+                    "reads format %d; refusing to touch it", s->db_path,
+                    (long long)n, SQ_FORMAT);
         return STORE_ECORRUPT;
     }
     *fresh = false;
@@ -511,8 +419,8 @@ check_dir(const struct store_cfg *cfg, struct store *s, bool *fresh)
 
     snprintf(path, sizeof(path), "%s/%s", s->dir, SQ_LMDB_FILE);
     if (stat(path, &st) == 0) {
-        store_sqlite_err(cfg, "%s: the directory holds an lmdb store; the "
-                         "sqlite backend will not mix with it", path);
+        persist_err(cfg, "%s: the directory holds an lmdb store; the "
+                    "sqlite backend will not mix with it", path);
         return STORE_ECORRUPT;
     }
     if (stat(s->db_path, &st) != 0) {
@@ -520,12 +428,12 @@ check_dir(const struct store_cfg *cfg, struct store *s, bool *fresh)
             *fresh = true;
             return STORE_OK;
         }
-        store_sqlite_err(cfg, "%s: %s", s->db_path, strerror(errno));
+        persist_err(cfg, "%s: %s", s->db_path, strerror(errno));
         return STORE_EIO;
     }
     if (!S_ISREG(st.st_mode)) {
-        store_sqlite_err(cfg, "%s: not a regular file; refusing to touch it",
-                         s->db_path);
+        persist_err(cfg, "%s: not a regular file; refusing to touch it",
+                    s->db_path);
         return STORE_ECORRUPT;
     }
     rc = check_header(cfg, s->db_path, st.st_size);
@@ -562,8 +470,8 @@ create_schema(const struct store_cfg *cfg, struct store *s)
         rc = run_sql(s->w.db, "PRAGMA synchronous = OFF", msg, sizeof(msg));
     }
     if (rc != SQLITE_OK) {
-        store_sqlite_err(cfg, "%s: cannot create the store: %s", s->db_path,
-                         msg);
+        persist_err(cfg, "%s: cannot create the store: %s", s->db_path,
+                    msg);
         return store_sqlite_rc(rc) == STORE_ENOMEM ? STORE_ENOMEM
                                                    : STORE_EIO;
     }
@@ -589,8 +497,8 @@ recount(const struct store_cfg *cfg, struct store *s)
         rc = SQLITE_OK;
     }
     if (rc != SQLITE_OK) {
-        store_sqlite_err(cfg, "%s: cannot count the items: %s", s->db_path,
-                         sqlite3_errmsg(s->w.db));
+        persist_err(cfg, "%s: cannot count the items: %s", s->db_path,
+                    sqlite3_errmsg(s->w.db));
     }
     sqlite3_finalize(st);
     return store_sqlite_rc(rc);
@@ -612,8 +520,8 @@ load_meta(const struct store_cfg *cfg, struct store *s)
         rc = sqlite3_step(st);
     }
     if (rc != SQLITE_ROW) {
-        store_sqlite_err(cfg, "%s: unreadable meta row: %s; refusing to "
-                         "touch it", s->db_path, sqlite3_errmsg(s->w.db));
+        persist_err(cfg, "%s: unreadable meta row: %s; refusing to "
+                    "touch it", s->db_path, sqlite3_errmsg(s->w.db));
         sqlite3_finalize(st);
         return (rc & 0xff) == SQLITE_BUSY ? STORE_EIO : STORE_ECORRUPT;
     }
@@ -628,9 +536,9 @@ load_meta(const struct store_cfg *cfg, struct store *s)
     /* Every statement the writer will run: a wrong schema shows here. */
     for (int id = SQ_BEGIN; id < SQ_NSQL; id++) {
         if (store_sqlite_stmt(&s->w, (sq_sql_e)id) == NULL) {
-            store_sqlite_err(cfg, "%s: not the stashd schema (%s); "
-                             "refusing to use it", s->db_path,
-                             sqlite3_errmsg(s->w.db));
+            persist_err(cfg, "%s: not the stashd schema (%s); "
+                        "refusing to use it", s->db_path,
+                        sqlite3_errmsg(s->w.db));
             return STORE_ECORRUPT;
         }
     }
@@ -640,8 +548,8 @@ load_meta(const struct store_cfg *cfg, struct store *s)
     /* Running from now on: a lease on the next CAS block, not clean. */
     rc = store_sqlite_meta_commit(s, s->meta.cas_max + SQ_CAS_LEASE, false);
     if (rc != SQLITE_OK) {
-        store_sqlite_err(cfg, "%s: cannot write the meta row: %s",
-                         s->db_path, sqlite3_errmsg(s->w.db));
+        persist_err(cfg, "%s: cannot write the meta row: %s",
+                    s->db_path, sqlite3_errmsg(s->w.db));
         return store_sqlite_rc(rc) == STORE_ENOMEM ? STORE_ENOMEM
                                                    : STORE_EIO;
     }
@@ -668,16 +576,16 @@ set_limits(const struct store_cfg *cfg, struct store *s)
     if (!query_text(s->w.db, "PRAGMA page_size", val, sizeof(val)) ||
         (s->page_size = (uint32_t)strtoul(val, NULL, 10)) == 0 ||
         !query_text(s->w.db, "PRAGMA page_count", val, sizeof(val))) {
-        store_sqlite_err(cfg, "%s: %s", s->db_path, sqlite3_errmsg(s->w.db));
+        persist_err(cfg, "%s: %s", s->db_path, sqlite3_errmsg(s->w.db));
         return STORE_EIO;
     }
     used = strtoull(val, NULL, 10);
     /* SQLite's largest BLOB (and row) bounds an item. */
     if ((int64_t)s->item_max > sqlite3_limit(s->w.db, SQLITE_LIMIT_LENGTH,
                                              -1)) {
-        store_sqlite_err(cfg, "item size limit %u above SQLite's largest "
-                         "blob (%d bytes)", s->item_max,
-                         sqlite3_limit(s->w.db, SQLITE_LIMIT_LENGTH, -1));
+        persist_err(cfg, "item size limit %u above SQLite's largest "
+                    "blob (%d bytes)", s->item_max,
+                    sqlite3_limit(s->w.db, SQLITE_LIMIT_LENGTH, -1));
         return STORE_EINVAL;
     }
     pages = (s->mem_limit * 3 + SQ_PAGE_HEADROOM) / s->page_size;
@@ -695,10 +603,26 @@ set_limits(const struct store_cfg *cfg, struct store *s)
              "PRAGMA max_page_count = %llu;", (long long)s->wal_restart,
              (unsigned long long)pages);
     if (run_sql(s->w.db, sql, msg, sizeof(msg)) != SQLITE_OK) {
-        store_sqlite_err(cfg, "%s: %s", s->db_path, msg);
+        persist_err(cfg, "%s: %s", s->db_path, msg);
         return STORE_EIO;
     }
     return STORE_OK;
+}
+
+int
+store_sqlite_sync_wal(struct store *s)
+{
+    if (s->wal_fd < 0) {
+        return 0;
+    }
+    return fdatasync(s->wal_fd) == 0 ? 0 : errno;
+}
+
+/* The syncer's hook: the WAL holds every commit, so syncing it is enough. */
+static int
+sq_fsync(void *arg)
+{
+    return store_sqlite_sync_wal(arg);
 }
 
 /* Our own descriptor of the WAL (the syncer's) and of the directory. */
@@ -707,36 +631,21 @@ open_files(const struct store_cfg *cfg, struct store *s, bool fresh)
 {
     s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC);
     if (s->wal_fd < 0) {
-        store_sqlite_err(cfg, "%s: %s", s->wal_path, strerror(errno));
+        persist_err(cfg, "%s: %s", s->wal_path, strerror(errno));
         return STORE_EIO;
     }
     s->dir_fd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (s->dir_fd < 0) {
-        store_sqlite_err(cfg, "%s: %s", s->dir, strerror(errno));
+        persist_err(cfg, "%s: %s", s->dir, strerror(errno));
         return STORE_EIO;
     }
     /* The new files' names, and what the WAL holds, on disk now. */
     if (store_sqlite_sync_wal(s) != 0 || (fresh && fsync(s->dir_fd) != 0)) {
-        store_sqlite_err(cfg, "%s: cannot sync: %s", s->wal_path,
-                         strerror(errno));
+        persist_err(cfg, "%s: cannot sync: %s", s->wal_path,
+                    strerror(errno));
         return STORE_EIO;
     }
     return STORE_OK;
-}
-
-static bool
-cond_init_mono(pthread_cond_t *c)
-{
-    pthread_condattr_t ca;
-    bool ok;
-
-    if (pthread_condattr_init(&ca) != 0) {
-        return false;
-    }
-    ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
-         pthread_cond_init(c, &ca) == 0;
-    pthread_condattr_destroy(&ca);
-    return ok;
 }
 
 /* What open set up, so that a failure undoes exactly that. */
@@ -748,7 +657,7 @@ static void
 sq_destroy(struct store *s, const struct open_state *st)
 {
     store_sqlite_maint_stop(s);
-    store_sqlite_sync_stop(s);
+    persist_sync_stop(&s->ps);
     if (s->w.db != NULL) {
         /*
          * The exact counts and CAS for the next open, marked clean; made
@@ -774,35 +683,22 @@ sq_destroy(struct store *s, const struct open_state *st)
     }
     /* In reverse order of sync_objects_init. */
     switch (st->locks) {
-    case 8:
-        pthread_cond_destroy(&s->maint_cond);
-        /* fall through */
-    case 7:
-        pthread_mutex_destroy(&s->maint_lock);
-        /* fall through */
-    case 6:
-        pthread_mutex_destroy(&s->hint_lock);
-        /* fall through */
-    case 5:
-        pthread_cond_destroy(&s->synced_cond);
-        /* fall through */
     case 4:
-        pthread_cond_destroy(&s->sync_cond);
+        persist_maint_deinit(&s->pm);
         /* fall through */
     case 3:
-        pthread_mutex_destroy(&s->sync_lock);
+        pthread_mutex_destroy(&s->hint_lock);
         /* fall through */
     case 2:
-        pthread_cond_destroy(&s->excl_cond);
+        persist_sync_deinit(&s->ps);
         /* fall through */
     case 1:
-        pthread_mutex_destroy(&s->wlock);
+        persist_queue_deinit(&s->wq);
         /* fall through */
     default:
         break;
     }
     store_sqlite_keybuf_deinit(&s->hints);
-    free(s->waits);
     free(s->scratch);
     free(s->wal_path);
     free(s->db_path);
@@ -811,40 +707,26 @@ sq_destroy(struct store *s, const struct open_state *st)
 }
 
 static bool
-sync_objects_init(struct store *s, struct open_state *st)
+sync_objects_init(const struct store_cfg *cfg, struct store *s,
+                  struct open_state *st)
 {
-    if (pthread_mutex_init(&s->wlock, NULL) != 0) {
+    if (!persist_queue_init(&s->wq, store_sqlite_run_batch, s)) {
         return false;
     }
     st->locks = 1;
-    if (pthread_cond_init(&s->excl_cond, NULL) != 0) {
+    if (!persist_sync_init(&s->ps, cfg->sync, cfg->sync_interval_ms,
+                           sq_fsync, s, &s->seq, &s->wfail)) {
         return false;
     }
     st->locks = 2;
-    if (pthread_mutex_init(&s->sync_lock, NULL) != 0) {
-        return false;
-    }
-    st->locks = 3;
-    if (!cond_init_mono(&s->sync_cond)) {
-        return false;
-    }
-    st->locks = 4;
-    if (pthread_cond_init(&s->synced_cond, NULL) != 0) {
-        return false;
-    }
-    st->locks = 5;
     if (pthread_mutex_init(&s->hint_lock, NULL) != 0) {
         return false;
     }
-    st->locks = 6;
-    if (pthread_mutex_init(&s->maint_lock, NULL) != 0) {
+    st->locks = 3;
+    if (!persist_maint_init(&s->pm, SQ_TICK_MS, &s->now_seen)) {
         return false;
     }
-    st->locks = 7;
-    if (!cond_init_mono(&s->maint_cond)) {
-        return false;
-    }
-    st->locks = 8;
+    st->locks = 4;
     return true;
 }
 
@@ -868,20 +750,18 @@ take_cfg(const struct store_cfg *cfg, struct store *s)
                                         : SQ_DEFAULT_MEM_LIMIT;
     s->item_max = cfg->item_max != 0 ? cfg->item_max : SQ_DEFAULT_ITEM_MAX;
     s->no_evict = cfg->no_evict;
-    s->sync = cfg->sync;
-    s->sync_interval_ms = cfg->sync_interval_ms;
     if (sqlite3_threadsafe() == 0) {
-        store_sqlite_err(cfg, "this libsqlite3 is built without thread "
-                         "support (SQLITE_THREADSAFE=0)");
+        persist_err(cfg, "this libsqlite3 is built without thread "
+                    "support (SQLITE_THREADSAFE=0)");
         return STORE_EINVAL;
     }
     if (s->item_max < SQ_ITEM_MAX_LOWEST) {
-        store_sqlite_err(cfg, "item size limit %u below %u", s->item_max,
-                         SQ_ITEM_MAX_LOWEST);
+        persist_err(cfg, "item size limit %u below %u", s->item_max,
+                    SQ_ITEM_MAX_LOWEST);
         return STORE_EINVAL;
     }
-    if (s->sync > STORE_SYNC_NONE) {
-        store_sqlite_err(cfg, "bad sync mode");
+    if (s->ps.mode > STORE_SYNC_NONE) {
+        persist_err(cfg, "bad sync mode");
         return STORE_EINVAL;
     }
     return STORE_OK;
@@ -901,7 +781,7 @@ store_sqlite_open(const struct store_cfg *cfg, struct store **out)
         cfg->err[0] = '\0';
     }
     if (cfg->data_dir == NULL || cfg->data_dir[0] == '\0') {
-        store_sqlite_err(cfg, "no data directory given (--data-dir)");
+        persist_err(cfg, "no data directory given (--data-dir)");
         return STORE_EINVAL;
     }
     s = calloc(1, sizeof(*s));
@@ -915,19 +795,19 @@ store_sqlite_open(const struct store_cfg *cfg, struct store **out)
     s->db_path = s->dir != NULL ? path_join(s->dir, SQ_DB_FILE, "") : NULL;
     s->wal_path = s->dir != NULL ? path_join(s->dir, SQ_DB_FILE,
                                              SQ_WAL_SUFFIX) : NULL;
-    if (s->wal_path == NULL || !sync_objects_init(s, &st)) {
+    if (s->wal_path == NULL || !sync_objects_init(cfg, s, &st)) {
         goto fail;
     }
     atomic_init(&s->now_seen, cfg->now);
     if ((rc = take_cfg(cfg, s)) != STORE_OK ||
-        (rc = make_dir(cfg, s->dir)) != STORE_OK ||
-        (rc = lock_dir(cfg, s)) != STORE_OK ||
+        (rc = persist_make_dir(cfg, s->dir)) != STORE_OK ||
+        (rc = persist_lock_dir(cfg, s->dir, &s->lock_fd)) != STORE_OK ||
         (rc = check_dir(cfg, s, &fresh)) != STORE_OK) {
         goto fail;
     }
     if (store_sqlite_connect(s, &s->w, true, fresh, msg,
                              sizeof(msg)) != SQLITE_OK) {
-        store_sqlite_err(cfg, "%s: %s", s->db_path, msg);
+        persist_err(cfg, "%s: %s", s->db_path, msg);
         rc = STORE_EIO;
         goto fail;
     }
@@ -943,8 +823,8 @@ store_sqlite_open(const struct store_cfg *cfg, struct store **out)
     atomic_init(&s->bytes, s->meta.bytes);
     atomic_init(&s->items, s->meta.items);
     rc = STORE_ENOMEM;
-    if (!store_sqlite_sync_start(s) || !store_sqlite_maint_start(s)) {
-        store_sqlite_err(cfg, "cannot start the sqlite backend's threads");
+    if (!persist_sync_start(&s->ps) || !store_sqlite_maint_start(s)) {
+        persist_err(cfg, "cannot start the sqlite backend's threads");
         goto fail;
     }
     s->opened = true;
@@ -959,7 +839,7 @@ void
 store_sqlite_close(struct store **sp)
 {
     struct store *s = *sp;
-    struct open_state st = { 8 };
+    struct open_state st = { 4 };
 
     if (s == NULL) {
         return;

@@ -7,8 +7,6 @@
  */
 #include "storage/sqlite/sq.h"
 
-#include <inttypes.h>
-#include <stdio.h>
 #include <sys/stat.h>
 
 static uint64_t
@@ -34,29 +32,6 @@ store_sqlite_stats(struct store_thr *t, struct store_stats *out)
     out->get_expired = ld(&s->ctr.get_expired);
     out->get_flushed = ld(&s->ctr.get_flushed);
     out->limit_maxbytes = s->mem_limit;
-}
-
-static void
-emit_u64(store_emit_fn emit, void *arg, const char *name, uint64_t v)
-{
-    char val[24];
-
-    snprintf(val, sizeof(val), "%" PRIu64, v);
-    emit(arg, name, val);
-}
-
-static const char *
-sync_name(store_sync_e m)
-{
-    switch (m) {
-    case STORE_SYNC_ALWAYS:
-        return "always";
-    case STORE_SYNC_PERIODIC:
-        return "periodic";
-    case STORE_SYNC_NONE:
-        return "none";
-    }
-    return "unknown";
 }
 
 /* A one-number PRAGMA on the caller's connection; 0 when it fails. */
@@ -93,40 +68,37 @@ group_general(struct store_thr *t, store_emit_fn emit, void *arg)
     emit(arg, "sqlite_journal_mode", "wal");
     /* How commits are synced: by the syncer, not by SQLite. */
     emit(arg, "sqlite_synchronous", "off");
-    emit_u64(emit, arg, "sqlite_page_size", s->page_size);
-    emit_u64(emit, arg, "sqlite_page_count", pragma_u64(t, SQ_PAGES));
-    emit_u64(emit, arg, "sqlite_freelist_count",
-             pragma_u64(t, SQ_FREEPAGES));
-    emit_u64(emit, arg, "sqlite_db_bytes", file_size(s->db_path));
-    emit_u64(emit, arg, "sqlite_wal_bytes",
-             fstat(s->wal_fd, &wst) == 0 ? (uint64_t)wst.st_size : 0);
-    emit_u64(emit, arg, "sqlite_items", ld(&s->items));
-    emit(arg, "sqlite_sync", sync_name(s->sync));
-    emit_u64(emit, arg, "sqlite_sync_interval_ms", s->sync_interval_ms);
-    emit_u64(emit, arg, "sqlite_sync_count", ld(&s->sync_count));
-    emit_u64(emit, arg, "sqlite_sync_errors", ld(&s->sync_errors));
-    emit_u64(emit, arg, "sqlite_sync_usec", ld(&s->sync_usec));
-    emit_u64(emit, arg, "sqlite_last_sync",
-             atomic_load_explicit(&s->last_sync, memory_order_relaxed));
-    emit_u64(emit, arg, "sqlite_checkpoints", ld(&s->ctr.checkpoints));
-    emit_u64(emit, arg, "sqlite_checkpoint_restarts",
-             ld(&s->ctr.ckpt_restarts));
-    emit_u64(emit, arg, "sqlite_wal_frames", ld(&s->ctr.wal_frames));
-    emit_u64(emit, arg, "sqlite_checkpoint_usec", ld(&s->ctr.ckpt_usec));
-    emit_u64(emit, arg, "sqlite_last_checkpoint",
-             atomic_load_explicit(&s->last_ckpt, memory_order_relaxed));
-    emit_u64(emit, arg, "sqlite_commits", ld(&s->ctr.commits));
-    emit_u64(emit, arg, "sqlite_commit_ops", ld(&s->ctr.commit_ops));
-    emit_u64(emit, arg, "sqlite_meta_writes", ld(&s->ctr.meta_writes));
-    emit_u64(emit, arg, "sqlite_batch_retries", ld(&s->ctr.aborts));
-    emit_u64(emit, arg, "sqlite_busy", ld(&s->ctr.busy));
-    emit_u64(emit, arg, "sqlite_full", ld(&s->ctr.full));
-    emit_u64(emit, arg, "sqlite_io_errors", ld(&s->ctr.ioerr));
-    emit_u64(emit, arg, "sqlite_hints_dropped", ld(&s->ctr.hints_dropped));
-    emit_u64(emit, arg, "sqlite_recency_refreshes", ld(&s->ctr.refreshes));
-    emit_u64(emit, arg, "sqlite_cas_max", ld(&s->cas_max));
-    emit_u64(emit, arg, "sqlite_write_failed",
-             atomic_load(&s->wfail) != 0 ? 1 : 0);
+    persist_emit_u64(emit, arg, "sqlite_page_size", s->page_size);
+    persist_emit_u64(emit, arg, "sqlite_page_count", pragma_u64(t, SQ_PAGES));
+    persist_emit_u64(emit, arg, "sqlite_freelist_count",
+                     pragma_u64(t, SQ_FREEPAGES));
+    persist_emit_u64(emit, arg, "sqlite_db_bytes", file_size(s->db_path));
+    persist_emit_u64(emit, arg, "sqlite_wal_bytes",
+                     fstat(s->wal_fd, &wst) == 0 ? (uint64_t)wst.st_size : 0);
+    persist_emit_u64(emit, arg, "sqlite_items", ld(&s->items));
+    persist_sync_stats(&s->ps, "sqlite", emit, arg);
+    persist_emit_u64(emit, arg, "sqlite_checkpoints", ld(&s->ctr.checkpoints));
+    persist_emit_u64(emit, arg, "sqlite_checkpoint_restarts",
+                     ld(&s->ctr.ckpt_restarts));
+    persist_emit_u64(emit, arg, "sqlite_wal_frames", ld(&s->ctr.wal_frames));
+    persist_emit_u64(emit, arg, "sqlite_checkpoint_usec",
+                     ld(&s->ctr.ckpt_usec));
+    persist_emit_u64(emit, arg, "sqlite_last_checkpoint",
+                     atomic_load_explicit(&s->last_ckpt, memory_order_relaxed));
+    persist_emit_u64(emit, arg, "sqlite_commits", ld(&s->ctr.commits));
+    persist_emit_u64(emit, arg, "sqlite_commit_ops", ld(&s->ctr.commit_ops));
+    persist_emit_u64(emit, arg, "sqlite_meta_writes", ld(&s->ctr.meta_writes));
+    persist_emit_u64(emit, arg, "sqlite_batch_retries", ld(&s->ctr.aborts));
+    persist_emit_u64(emit, arg, "sqlite_busy", ld(&s->ctr.busy));
+    persist_emit_u64(emit, arg, "sqlite_full", ld(&s->ctr.full));
+    persist_emit_u64(emit, arg, "sqlite_io_errors", ld(&s->ctr.ioerr));
+    persist_emit_u64(emit, arg, "sqlite_hints_dropped",
+                     ld(&s->ctr.hints_dropped));
+    persist_emit_u64(emit, arg, "sqlite_recency_refreshes",
+                     ld(&s->ctr.refreshes));
+    persist_emit_u64(emit, arg, "sqlite_cas_max", ld(&s->cas_max));
+    persist_emit_u64(emit, arg, "sqlite_write_failed",
+                     atomic_load(&s->wfail) != 0 ? 1 : 0);
 }
 
 store_rc_e

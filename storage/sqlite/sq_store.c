@@ -36,7 +36,7 @@
  * - Durability, the --sync mapping: the writer runs synchronous=OFF and
  *   wal_autocheckpoint=0, so a COMMIT writes its WAL frames to the page
  *   cache (which survives kill -9) and never fsyncs or checkpoints on the
- *   request path. The syncer thread (sq_sync.c) fdatasyncs the WAL file,
+ *   request path. The syncer thread (persist_sync.c) fdatasyncs the WAL file,
  *   which is what synchronous=FULL would do in every COMMIT, once for all
  *   commits made before it started:
  *     always   - as soon as a commit waits; the write returns with
@@ -157,7 +157,7 @@ run(struct store_thr *t, struct store_call *c, struct sq_op *op)
     op->now = c->now;
     store_sqlite_submit(t, op);
     if (op->wrote) {
-        store_sqlite_durable(s, c, op);
+        persist_sync_wait(&s->ps, c, op->seq);
     }
     return op->rc;
 }

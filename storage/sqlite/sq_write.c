@@ -9,7 +9,7 @@
  * wakes the waiters; the next queued thread then leads the following
  * batch. So there is one writer, writes that arrive while a batch runs
  * share the next commit, and nobody waits on a dedicated writer thread's
- * wake-up. Durability is the syncer's business (sq_sync.c). If a batch
+ * wake-up. Durability is the syncer's business (persist_sync.c). If a batch
  * fails (SQLITE_FULL, BUSY, I/O), it is rolled back and its ops are rerun
  * one per transaction, so only the op that cannot be done fails. This file
  * never reads a clock and never syncs.
@@ -903,8 +903,8 @@ run_txn(struct store *s, struct sq_op *first, bool single)
         rollback(s);
         return rc;
     }
-    for (struct sq_op *op = first; op != NULL; op = single ? NULL
-                                                            : op->next) {
+    for (struct sq_op *op = first; op != NULL;
+         op = single ? NULL : sq_op_of(op->q.next)) {
         op->rc = apply(&w, op);
         nops++;
         if (w.err != 0) {
@@ -934,12 +934,12 @@ run_txn(struct store *s, struct sq_op *first, bool single)
     if (w.dirty) {
         publish(s, &w, nops);
     }
-    for (struct sq_op *op = first; op != NULL; op = single ? NULL
-                                                            : op->next) {
+    for (struct sq_op *op = first; op != NULL;
+         op = single ? NULL : sq_op_of(op->q.next)) {
         op->seq = atomic_load_explicit(&s->seq, memory_order_relaxed);
     }
-    if (w.dirty && s->sync == STORE_SYNC_ALWAYS) {
-        store_sqlite_sync_kick(s);
+    if (w.dirty && s->ps.mode == STORE_SYNC_ALWAYS) {
+        persist_sync_kick(&s->ps);
     }
     return SQLITE_OK;
 }
@@ -966,17 +966,18 @@ evict_for_full(struct store *s, uint32_t now)
 static void
 run_batch(struct store *s, struct sq_op *batch)
 {
-    int rc = run_txn(s, batch, batch->next == NULL);
+    int rc = run_txn(s, batch, batch->q.next == NULL);
 
     if (rc == SQLITE_OK) {
         return;
     }
     store_sqlite_note_err(s, rc);
-    if (batch->next != NULL) {
+    if (batch->q.next != NULL) {
         sq_inc(&s->ctr.aborts, 1);
     }
-    for (struct sq_op *op = batch; op != NULL; op = op->next) {
-        if (batch->next != NULL) {
+    for (struct sq_op *op = batch; op != NULL;
+         op = sq_op_of(op->q.next)) {
+        if (batch->q.next != NULL) {
             rc = run_txn(s, op, true);
             if (rc != SQLITE_OK) {
                 store_sqlite_note_err(s, rc);
@@ -995,76 +996,14 @@ run_batch(struct store *s, struct sq_op *batch)
     }
 }
 
-/* Hands the lead on; wlock held. */
-static void
-pass_lead(struct store *s)
+void
+store_sqlite_run_batch(void *arg, struct persist_qnode *batch)
 {
-    s->wbusy = false;
-    if (s->excl_want > 0) {
-        pthread_cond_signal(&s->excl_cond);
-    } else if (s->qhead != NULL) {
-        /* The oldest waiter leads the next batch. */
-        pthread_cond_signal(&s->qhead->t->cond);
-    }
+    run_batch(arg, sq_op_of(batch));
 }
 
 void
 store_sqlite_submit(struct store_thr *t, struct sq_op *op)
 {
-    struct store *s = t->s;
-
-    op->t = t;
-    op->next = NULL;
-    op->done = false;
-    pthread_mutex_lock(&s->wlock);
-    if (s->qtail != NULL) {
-        s->qtail->next = op;
-    } else {
-        s->qhead = op;
-    }
-    s->qtail = op;
-    while (!op->done) {
-        struct sq_op *batch;
-
-        if (s->wbusy || s->excl_want > 0 || s->qhead == NULL) {
-            pthread_cond_wait(&t->cond, &s->wlock);
-            continue;
-        }
-        /* Lead: everything queued so far goes into one transaction. */
-        batch = s->qhead;
-        s->qhead = NULL;
-        s->qtail = NULL;
-        s->wbusy = true;
-        pthread_mutex_unlock(&s->wlock);
-        run_batch(s, batch);
-        pthread_mutex_lock(&s->wlock);
-        for (struct sq_op *o = batch, *next; o != NULL; o = next) {
-            struct store_thr *ot = o->t;
-
-            next = o->next;
-            o->done = true;   /* o may be gone once wlock is released */
-            if (ot != t) {
-                pthread_cond_signal(&ot->cond);
-            }
-        }
-        pass_lead(s);
-    }
-    pthread_mutex_unlock(&s->wlock);
-}
-
-void
-store_sqlite_exclusive(struct store *s, void (*fn)(void *), void *arg)
-{
-    pthread_mutex_lock(&s->wlock);
-    s->excl_want++;
-    while (s->wbusy) {
-        pthread_cond_wait(&s->excl_cond, &s->wlock);
-    }
-    s->excl_want--;
-    s->wbusy = true;
-    pthread_mutex_unlock(&s->wlock);
-    fn(arg);
-    pthread_mutex_lock(&s->wlock);
-    pass_lead(s);
-    pthread_mutex_unlock(&s->wlock);
+    persist_queue_submit(&t->s->wq, &op->q, &t->cond);
 }
