@@ -50,7 +50,8 @@ fi
 start_stashd() {
     [ -x "$BIN" ] || fail "stashd binary $BIN not found"
     for _ in 1 2 3 4 5; do
-        PORT=$((20000 + RANDOM % 40000))
+        # Below the ephemeral range: no outgoing connection holds it.
+        PORT=$((20000 + RANDOM % 12000))
         if port_in_use "$PORT"; then
             continue
         fi

@@ -71,11 +71,13 @@ port_in_use() {
 }
 
 # free_port VAR: sets VAR to a port that nothing listens on and that this
-# script has not handed out yet.
+# script has not handed out yet. Below the kernel's ephemeral range (32768
+# and up), so no outgoing connection, live or in TIME_WAIT, holds it: a
+# listener that does not set SO_REUSEADDR could not bind such a port.
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 40000))
+        p=$((20000 + RANDOM % 12000))
         case "$PORTS_TAKEN" in *" $p "*) continue ;; esac
         if ! port_in_use "$p"; then
             PORTS_TAKEN="$PORTS_TAKEN$p "
