@@ -30,6 +30,7 @@ struct bench_cfg {
     bench_proto_e proto;
     uint32_t      conns;         /* total, spread over the threads */
     uint32_t      threads;
+    bool          pin;           /* pin thread i to CPU i mod ncpu */
     uint32_t      depth;         /* requests in flight per connection */
     bool          window;        /* refill per reply, not per whole batch */
     uint32_t      set_weight;    /* set:get ratio */

@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -544,6 +545,26 @@ thread_slice(struct thread *t)
     t->seq_end = cfg->keys * (t->id + 1) / cfg->threads;
 }
 
+/* Pins thread t to one CPU, spreading the threads over them in turn. */
+static void
+thread_pin(struct thread *t)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    int rc;
+
+    if (ncpu < 1) {
+        return;
+    }
+    CPU_ZERO(&set);
+    CPU_SET((int)(t->id % (uint32_t)ncpu), &set);
+    rc = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    if (rc != 0) {
+        thread_fail(t, "cannot pin to CPU %ld: %s", (long)(t->id % ncpu),
+                    strerror(rc));
+    }
+}
+
 static void *
 thread_main(void *arg)
 {
@@ -551,6 +572,10 @@ thread_main(void *arg)
     struct run *r = t->run;
     const struct bench_cfg *cfg = r->cfg;
     uint32_t i;
+
+    if (cfg->pin) {
+        thread_pin(t);
+    }
 
     t->ep = epoll_create1(EPOLL_CLOEXEC);
     if (t->ep < 0) {

@@ -25,7 +25,8 @@ enum long_only {
     OPT_WAIT_LISTEN,
     OPT_TIMEOUT,
     OPT_PROBE_KEY,
-    OPT_STALL
+    OPT_STALL,
+    OPT_PIN
 };
 
 static const struct option longopts[] = {
@@ -52,6 +53,7 @@ static const struct option longopts[] = {
     { "wait-listen",   no_argument,       NULL, OPT_WAIT_LISTEN },
     { "timeout",       required_argument, NULL, OPT_TIMEOUT },
     { "probe-key",     required_argument, NULL, OPT_PROBE_KEY },
+    { "pin",           no_argument,       NULL, OPT_PIN },
     { "stall",         required_argument, NULL, OPT_STALL },
     { "help",          no_argument,       NULL, 'h' },
     { NULL, 0, NULL, 0 }
@@ -68,6 +70,8 @@ usage(FILE *out)
 "  -P, --protocol P         binary | text (binary)\n"
 "  -c, --conns N            connections, spread over the threads (50)\n"
 "  -T, --threads N          client threads, one epoll loop each (1)\n"
+"      --pin                pin client thread i to CPU i mod CPUs (as\n"
+"                           memcaslap does)\n"
 "  -d, --depth N            requests in flight per connection (1)\n"
 "      --window             refill after every read (memtier-style) instead\n"
 "                           of after the whole batch is answered\n"
@@ -339,6 +343,9 @@ parse_args(int argc, char **argv, struct bench_cfg *c)
             if (parse_secs(optarg, &c->duration_s) != 0) {
                 return bad("--duration", optarg);
             }
+            break;
+        case OPT_PIN:
+            c->pin = true;
             break;
         case OPT_STALL:
             if (parse_secs(optarg, &c->stall_s) != 0 || c->stall_s <= 0) {

@@ -53,6 +53,7 @@ usage: benchmarks/compare.sh [options]
   --no-readme          do not update benchmarks/README.md
   --build DIR          build directory ($BUILD)
   --out DIR            results directory ($OUT)
+  --tag NAME           add -NAME to the results file names
 EOF
 }
 
@@ -74,6 +75,7 @@ while [ $# -gt 0 ]; do
     --no-readme) UPDATE_README=0 ;;
     --build) BUILD=$2; shift ;;
     --out) OUT=$2; shift ;;
+    --tag) TAG=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 64 ;;
     esac
@@ -410,7 +412,7 @@ if has_part restart; then
         done
     done
     [ -n "$PERSISTENT" ] || raw "SKIP what=restart reason=no persistent" \
-        "backend in this build (memory and memcached keep nothing)"
+        "backend among the targets (memory and memcached keep nothing)"
 fi
 
 # ---------------------------------------------------------- footprint
@@ -451,9 +453,10 @@ STAMP=$(date +%Y-%m-%d)
 mkdir -p "$OUT"
 BASE=$OUT/$STAMP-$HOST
 [ "$QUICK" = 1 ] && BASE=$BASE-quick
+[ -n "${TAG:-}" ] && BASE=$BASE-$TAG
 cp "$RAW" "$BASE.raw"
 
-export CMDLINE HOST STAMP THREADS CTHREADS MEMORY FOOT_MEMORY ROUNDS WARMUP \
+export PARTS CMDLINE HOST STAMP THREADS CTHREADS MEMORY FOOT_MEMORY ROUNDS WARMUP \
        DURATION ITEMS LOAD_START TARGETS WORKLOADS QUICK UPDATE_README README
 export LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 export ELAPSED=$((T_END - T_START))
@@ -543,6 +546,8 @@ def paired(w, t):
 out = []
 P = out.append
 title = "quick run" if E["QUICK"] == "1" else "full run"
+if E["PARTS"] != "driver load restart footprint":
+    title += ", parts: " + E["PARTS"]
 P(f"# stashd vs memcached — {E['STAMP']} on {E['HOST']} ({title})")
 P("")
 P(f"Command: `{E['CMDLINE']}` (took {int(E['ELAPSED']) // 60} min "
@@ -559,6 +564,7 @@ P(f"| servers | loopback, `-t {E['THREADS']}` worker threads and "
 P(f"| client | stashd-bench, {E['CTHREADS']} threads, closed loop; "
   f"{E['ROUNDS']} rounds alternating the targets, {E['WARMUP']} s "
   f"warm-up + {E['DURATION']} s measured per run |")
+P(f"| parts | {E['PARTS']}; workloads: {E['WORKLOADS']} |")
 P(f"| load average | {E['LOAD_START']} at start, {E['LOAD_END']} at end |")
 P("")
 P("Workloads (all: 50 connections, 16-byte keys, 100,000 keys prefilled, "
@@ -567,39 +573,40 @@ P("Workloads (all: 50 connections, 16-byte keys, 100,000 keys prefilled, "
   "4096-byte values; `pipelined` depth 16; `pipelined-text` depth 16 over "
   "the text protocol; `zipf` zipf(0.99) keys; `text` standard over text.")
 P("")
-P("## Throughput and latency")
-P("")
-P("Median of the rounds; ratios are to memcached's median in the same run. "
-  "`round ratios` is the range of per-round target/memcached ratios (the "
-  "noise). Server CPU is the server's CPU time (user + sys) per request: "
-  "on a shared machine it is steadier than ops/s.")
-P("")
-P("| workload | target | ops/s | × memcached | round ratios | p50 µs | "
-  "p99 µs | p99 × mc | p99.9 µs | hit | server CPU ns/op | CPU × mc |")
-P("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-for w in workloads:
-    m = agg.get((w, "memcached"))
-    for t in targets:
-        a = agg.get((w, t))
-        if not a:
-            f = [r for r in fails if r["workload"] == w and r["target"] == t]
-            if f:
-                P(f"| {w} | {t} | failed: {f[0].get('reason', '?')} "
-                  "| | | | | | | | | |")
-            continue
-        pr = paired(w, t)
-        P(f"| {w} | {t} | {fmt(a['ops_s'])} | "
-          f"{ratio(a['ops_s'], m and m['ops_s'])} | "
-          f"{'–' if not pr or t == 'memcached' else f'{pr[0]:.2f}–{pr[1]:.2f}'}"
-          f" | {fmt(a['p50_us'], 0)} | {fmt(a['p99_us'], 0)} | "
-          f"{ratio(a['p99_us'], m and m['p99_us'])} | "
-          f"{fmt(a['p999_us'], 0)} | {fmt(a['hit'], 3)} | "
-          f"{fmt(a['server_cpu_ns_op'])} | "
-          f"{ratio(a['server_cpu_ns_op'], m and m['server_cpu_ns_op'])} |")
-P("")
+if runs:
+    P("## Throughput and latency")
+    P("")
+    P("Median of the rounds; ratios are to memcached's median in the same run. "
+      "`round ratios` is the range of per-round target/memcached ratios (the "
+      "noise). Server CPU is the server's CPU time (user + sys) per request: "
+      "on a shared machine it is steadier than ops/s.")
+    P("")
+    P("| workload | target | ops/s | × memcached | round ratios | p50 µs | "
+      "p99 µs | p99 × mc | p99.9 µs | hit | server CPU ns/op | CPU × mc |")
+    P("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for w in workloads:
+        m = agg.get((w, "memcached"))
+        for t in targets:
+            a = agg.get((w, t))
+            if not a:
+                f = [r for r in fails if r["workload"] == w and r["target"] == t]
+                if f:
+                    P(f"| {w} | {t} | failed: {f[0].get('reason', '?')} "
+                      "| | | | | | | | | |")
+                continue
+            pr = paired(w, t)
+            P(f"| {w} | {t} | {fmt(a['ops_s'])} | "
+              f"{ratio(a['ops_s'], m and m['ops_s'])} | "
+              f"{'–' if not pr or t == 'memcached' else f'{pr[0]:.2f}–{pr[1]:.2f}'}"
+              f" | {fmt(a['p50_us'], 0)} | {fmt(a['p99_us'], 0)} | "
+              f"{ratio(a['p99_us'], m and m['p99_us'])} | "
+              f"{fmt(a['p999_us'], 0)} | {fmt(a['hit'], 3)} | "
+              f"{fmt(a['server_cpu_ns_op'])} | "
+              f"{ratio(a['server_cpu_ns_op'], m and m['server_cpu_ns_op'])} |")
+    P("")
 
 persist = [t for t in targets if "-" in t]
-if persist and "writes" in workloads:
+if runs and persist and "writes" in workloads:
     P("## Durability cost (`writes`, 1:1)")
     P("")
     P("| backend | --sync | ops/s | × memcached | × same backend, --sync=none |")
@@ -616,8 +623,9 @@ if persist and "writes" in workloads:
     P("")
 
 rst = [r for r in rows if r["kind"] == "RESTART"]
-P("## Restart time")
-P("")
+if rst or " restart " in f" {E['PARTS']} ":
+    P("## Restart time")
+    P("")
 if rst:
     P("Items of 32 bytes; clock from fork/exec of stashd to the first served "
       "hit on key 0; `kept` = fraction of the items a full get pass found "
@@ -629,10 +637,11 @@ if rst:
         P(f"| {r['target']} | {r['after']} | {fmt(num(r, 'items'))} | "
           f"{r['first_conn_ms']} | {r['first_hit_ms']} | "
           f"{r['verify_hit']} |")
-else:
-    P("No persistent backend in this build: memory and memcached keep "
+    P("")
+elif " restart " in f" {E['PARTS']} ":
+    P("No persistent backend among the targets: memory and memcached keep "
       "nothing across a restart.")
-P("")
+    P("")
 
 foot = [r for r in rows if r["kind"] == "FOOT"]
 if foot:
@@ -696,46 +705,47 @@ def tgt_ratio(w, t):
     return a["ops_s"] / m["ops_s"], (a["p99_us"] / m["p99_us"]
                                      if m["p99_us"] else None)
 
-P("## Targets (issue 6)")
-P("")
-P("| target | goal | measured | |")
-P("|---|---|--:|---|")
-def verdict(ok):
-    return "n/a" if ok is None else ("met" if ok else "**missed**")
-for w, t, goal, need_p99 in (("standard", "memory", 1.00, True),
-                             ("pipelined", "memory", 1.00, True),
-                             ("pipelined-text", "memory", 2.00, False),
-                             ("standard", "lmdb-periodic", 0.90, False),
-                             ("standard", "lmdb-always", 0.50, False),
-                             ("standard", "sqlite-periodic", 0.60, False),
-                             ("standard", "sqlite-always", 0.30, False)):
-    r, p = tgt_ratio(w, t)
-    goal_s = f"≥ {goal:.2f}× ops/s" + (", p99 ≤ 1.00×" if need_p99 else "")
-    if r is None:
-        P(f"| {t} `{w}` | {goal_s} | not measured | n/a |")
-        continue
-    ok = r >= goal and (not need_p99 or (p is not None and p <= 1.0))
-    meas = f"{r:.2f}× ops/s" + (f", p99 {p:.2f}×" if need_p99 and p else "")
-    P(f"| {t} `{w}` | {goal_s} | {meas} | {verdict(ok)} |")
-for r in rst:
-    if r["after"] in ("clean", "kill9"):
-        h = num(r, "first_hit_ms")
-        P(f"| {r['target']} restart ({r['after']}) | first hit < 1000 ms | "
-          f"{r['first_hit_ms']} ms | "
-          f"{verdict(None if h is None or h < 0 else h < 1000)} |")
-if not rst:
-    P("| lmdb, sqlite restart | first hit < 1000 ms | not measured | n/a |")
-if foot:
-    mc = {r["value"]: r for r in foot if r["target"] == "memcached"}
-    for r in foot:
-        if r["target"] != "memory" or r["value"] not in mc:
+if runs or rst or foot:
+    P("## Targets (issue 6)")
+    P("")
+    P("| target | goal | measured | |")
+    P("|---|---|--:|---|")
+    def verdict(ok):
+        return "n/a" if ok is None else ("met" if ok else "**missed**")
+    for w, t, goal, need_p99 in (("standard", "memory", 1.00, True),
+                                 ("pipelined", "memory", 1.00, True),
+                                 ("pipelined-text", "memory", 2.00, False),
+                                 ("standard", "lmdb-periodic", 0.90, False),
+                                 ("standard", "lmdb-always", 0.50, False),
+                                 ("standard", "sqlite-periodic", 0.60, False),
+                                 ("standard", "sqlite-always", 0.30, False)):
+        r, p = tgt_ratio(w, t)
+        goal_s = f"≥ {goal:.2f}× ops/s" + (", p99 ≤ 1.00×" if need_p99 else "")
+        if r is None:
+            P(f"| {t} `{w}` | {goal_s} | not measured | n/a |")
             continue
-        m = mc[r["value"]]
-        a = num(r, "rss_kb") - num(r, "rss_base_kb")
-        b = num(m, "rss_kb") - num(m, "rss_base_kb")
-        P(f"| memory per item, {r['value']} B | ≤ 1.00× memcached | "
-          f"{a / b:.2f}× | {verdict(a <= b)} |")
-P("")
+        ok = r >= goal and (not need_p99 or (p is not None and p <= 1.0))
+        meas = f"{r:.2f}× ops/s" + (f", p99 {p:.2f}×" if need_p99 and p else "")
+        P(f"| {t} `{w}` | {goal_s} | {meas} | {verdict(ok)} |")
+    for r in rst:
+        if r["after"] in ("clean", "kill9"):
+            h = num(r, "first_hit_ms")
+            P(f"| {r['target']} restart ({r['after']}) | first hit < 1000 ms | "
+              f"{r['first_hit_ms']} ms | "
+              f"{verdict(None if h is None or h < 0 else h < 1000)} |")
+    if not rst:
+        P("| lmdb, sqlite restart | first hit < 1000 ms | not measured | n/a |")
+    if foot:
+        mc = {r["value"]: r for r in foot if r["target"] == "memcached"}
+        for r in foot:
+            if r["target"] != "memory" or r["value"] not in mc:
+                continue
+            m = mc[r["value"]]
+            a = num(r, "rss_kb") - num(r, "rss_base_kb")
+            b = num(m, "rss_kb") - num(m, "rss_base_kb")
+            P(f"| memory per item, {r['value']} B | ≤ 1.00× memcached | "
+              f"{a / b:.2f}× | {verdict(a <= b)} |")
+    P("")
 
 if skips or fails:
     P("## Notes")
@@ -752,8 +762,9 @@ if skips or fails:
     P("")
 
 name = os.path.basename(base)
-P(f"![ops/s and p99 per target]({name}.png)")
-P("")
+if runs:
+    P(f"![ops/s and p99 per target]({name}.png)")
+    P("")
 P(f"Raw RESULT lines: [{name}.raw]({name}.raw).")
 open(base + ".md", "w").write("\n".join(out) + "\n")
 
@@ -771,7 +782,7 @@ with open(base + ".dat", "w") as f:
             str(agg.get((w, t), {}).get("p99_us", "NaN")) for t in targets)
             + "\n")
 
-if E["UPDATE_README"] == "1" and os.path.exists(E["README"]):
+if runs and E["UPDATE_README"] == "1" and os.path.exists(E["README"]):
     text = open(E["README"]).read()
     b, e = "<!-- latest:begin -->", "<!-- latest:end -->"
     if b in text and e in text:
@@ -790,7 +801,7 @@ if E["UPDATE_README"] == "1" and os.path.exists(E["README"]):
 PY
 
 ntargets=$(echo "$TARGETS" | wc -w)
-gnuplot <<EOF
+grep -q '^RUN ' "$RAW" && gnuplot <<EOF || log "no chart: no load results"
 set terminal pngcairo size 1200,900 font "sans,10"
 set output "$BASE.png"
 set multiplot layout 2,1 title "stashd vs memcached, $STAMP on $HOST (median of $ROUNDS rounds, -t $THREADS)"
@@ -811,7 +822,7 @@ EOF
 rm -f "$BASE.dat"
 
 log "wrote $BASE.md"
-log "wrote $BASE.png"
+[ -f "$BASE.png" ] && log "wrote $BASE.png"
 log "wrote $BASE.raw"
-[ "$UPDATE_README" = 1 ] && log "updated $README"
+[ "$UPDATE_README" = 1 ] && grep -q '^RUN ' "$RAW" && log "updated $README"
 echo "$BASE.md"
