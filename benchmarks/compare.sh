@@ -170,6 +170,20 @@ stop_server() {            # pid [signal]
     wait "$pid" 2>/dev/null || true
 }
 
+# The server's "stats" lines whose names match a regex, space-separated:
+# on a failed run they tell a slow disk (a sync running for seconds) from a
+# server that lost a reply.
+server_stats() {           # port regex
+    timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+        printf "stats\r\n" >&3
+        while IFS= read -r -t 4 l <&3; do
+            l=${l%$'"'"'\r'"'"'}
+            [ "$l" = END ] && break
+            echo "$l"
+        done' "$1" 2>/dev/null |
+        awk -v re="$2" '$1 == "STAT" && $2 ~ re { printf "%s%s=%s", sep, $2, $3; sep = " " }'
+}
+
 # target -> command line. memcached | memory | <backend>-<sync>
 server_cmd() {             # target port datadir memory_mb
     local t=$1 port=$2 dir=$3 mem=$4
@@ -355,10 +369,15 @@ if has_part load; then
                         "$(echo "$out" | grep '^RESULT' | cut -d' ' -f2-)"
                 else
                     raw "FAIL workload=$w target=$t round=$r reason=$(echo \
-                        "$out" | grep -v '^RESULT' | tail -1)"
+                        "$out" | grep -v '^RESULT' | tail -1)" \
+                        "[server: $(server_stats "$port" \
+                        '_sync_(count|usec|max_usec|running_usec)$|^curr_conn')]"
                     log "  failed: $(echo "$out" | tail -1)"
                 fi
                 stop_server "$SPID"
+                # What this target left dirty is written back now, not
+                # during the next target's run.
+                sync
             done
         done
     done

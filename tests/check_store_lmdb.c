@@ -1011,6 +1011,11 @@ START_TEST(stats_lines)
     }
     ck_assert_uint_ge(stat_u64(t->thr, "lmdb_sync_count"), 1);
     ck_assert_uint_gt(stat_u64(t->thr, "lmdb_last_sync"), 0);
+    /* The longest sync is part of the total; none runs for long. */
+    ck_assert_uint_le(stat_u64(t->thr, "lmdb_sync_max_usec"),
+                      stat_u64(t->thr, "lmdb_sync_usec"));
+    ck_assert_uint_lt(stat_u64(t->thr, "lmdb_sync_running_usec"),
+                      10u * 1000 * 1000);
     ck_assert_uint_ge(stat_u64(t->thr, "lmdb_map_size"), 3 * 64 * MB);
     ck_assert_uint_gt(stat_u64(t->thr, "lmdb_used_pages"), 0);
     ck_assert_uint_ge(stat_u64(t->thr, "lmdb_readers"), 1);

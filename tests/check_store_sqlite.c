@@ -1254,6 +1254,11 @@ START_TEST(stats_lines)
     }
     ck_assert_uint_ge(stat_u64(t->thr, "sqlite_sync_count"), 1);
     ck_assert_uint_gt(stat_u64(t->thr, "sqlite_last_sync"), 0);
+    /* The longest sync is part of the total; none runs for long. */
+    ck_assert_uint_le(stat_u64(t->thr, "sqlite_sync_max_usec"),
+                      stat_u64(t->thr, "sqlite_sync_usec"));
+    ck_assert_uint_lt(stat_u64(t->thr, "sqlite_sync_running_usec"),
+                      10u * 1000 * 1000);
     ck_assert_uint_eq(stat_u64(t->thr, "sqlite_page_size"), 4096);
     ck_assert_uint_gt(stat_u64(t->thr, "sqlite_page_count"), 2);
     ck_assert_uint_gt(stat_u64(t->thr, "sqlite_wal_bytes"), 0);

@@ -84,6 +84,9 @@ struct persist_sync {
     _Atomic uint64_t    errors;      /* failed syncs */
     _Atomic uint32_t    last_sync;   /* unix time of the last good sync */
     _Atomic uint64_t    usec;        /* time spent syncing, total */
+    _Atomic uint64_t    max_usec;    /* the longest single sync */
+    _Atomic uint64_t    busy_since;  /* mono usec the running sync began,
+                                      * 0 when none runs */
 };
 
 /*
@@ -110,7 +113,8 @@ void persist_emit_u64(store_emit_fn emit, void *arg, const char *name,
 
 /*
  * Emits the syncer's stats lines, each name prefixed ("lmdb" gives
- * lmdb_sync, lmdb_sync_interval_ms, ..., lmdb_last_sync). Any thread.
+ * lmdb_sync, lmdb_sync_interval_ms, ..., lmdb_last_sync, and how long
+ * the longest sync and the one running now took). Any thread.
  */
 void persist_sync_stats(struct persist_sync *ps, const char *prefix,
                         store_emit_fn emit, void *arg);

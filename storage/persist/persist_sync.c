@@ -88,13 +88,24 @@ sync_once(struct persist_sync *ps, struct taken *tk)
 {
     uint64_t target = atomic_load_explicit(ps->seq, memory_order_acquire);
     uint64_t t0;
+    uint64_t t1;
     int rc;
 
     take_waits(ps, tk);
     pthread_mutex_unlock(&ps->lock);
     t0 = persist_mono_usec();
+    /*
+     * Kept visible while it runs: a write waiting on a slow disk then
+     * shows as a sync in progress in "stats", not as a silent server.
+     */
+    atomic_store_explicit(&ps->busy_since, t0, memory_order_relaxed);
     rc = ps->fsync(ps->arg);
-    inc(&ps->usec, persist_mono_usec() - t0);
+    t1 = persist_mono_usec();
+    atomic_store_explicit(&ps->busy_since, 0, memory_order_relaxed);
+    inc(&ps->usec, t1 - t0);
+    if (t1 - t0 > atomic_load_explicit(&ps->max_usec, memory_order_relaxed)) {
+        atomic_store_explicit(&ps->max_usec, t1 - t0, memory_order_relaxed);
+    }
     if (rc != 0) {
         /*
          * After a failed fsync the kernel may have dropped the dirty
@@ -298,6 +309,8 @@ persist_sync_stats(struct persist_sync *ps, const char *prefix,
                    store_emit_fn emit, void *arg)
 {
     char name[64];
+    uint64_t busy;
+    uint64_t now;
 
     snprintf(name, sizeof(name), "%s_sync", prefix);
     emit(arg, name, sync_name(ps->mode));
@@ -312,6 +325,15 @@ persist_sync_stats(struct persist_sync *ps, const char *prefix,
     snprintf(name, sizeof(name), "%s_sync_usec", prefix);
     persist_emit_u64(emit, arg, name,
                      atomic_load_explicit(&ps->usec, memory_order_relaxed));
+    snprintf(name, sizeof(name), "%s_sync_max_usec", prefix);
+    persist_emit_u64(emit, arg, name,
+                     atomic_load_explicit(&ps->max_usec,
+                                          memory_order_relaxed));
+    busy = atomic_load_explicit(&ps->busy_since, memory_order_relaxed);
+    now = persist_mono_usec();
+    snprintf(name, sizeof(name), "%s_sync_running_usec", prefix);
+    persist_emit_u64(emit, arg, name, busy != 0 && now > busy ? now - busy
+                                                              : 0);
     snprintf(name, sizeof(name), "%s_last_sync", prefix);
     persist_emit_u64(emit, arg, name,
                      atomic_load_explicit(&ps->last_sync,
