@@ -31,6 +31,7 @@ struct bench_cfg {
     uint32_t      conns;         /* total, spread over the threads */
     uint32_t      threads;
     bool          pin;           /* pin thread i to CPU i mod ncpu */
+    bool          per_thread;    /* print each thread's figures too */
     uint32_t      depth;         /* requests in flight per connection */
     bool          window;        /* refill per reply, not per whole batch */
     uint32_t      set_weight;    /* set:get ratio */

@@ -742,6 +742,12 @@ bench_run(const struct bench_cfg *cfg, const struct bench_gen *g,
         m->sets += t->st.sets;
         m->errors += t->st.errors;
         bench_hist_merge(&m->hist, &t->st.hist);
+        if (cfg->per_thread) {
+            printf("  thread %u: %llu ops, p50 %.1f us, p99 %.1f us\n", i,
+                    (unsigned long long)t->st.ops,
+                    bench_hist_percentile(&t->st.hist, 50) / 1e3,
+                    bench_hist_percentile(&t->st.hist, 99) / 1e3);
+        }
         free(t->conns);
     }
     pthread_barrier_destroy(&r.barrier);

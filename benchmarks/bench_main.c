@@ -26,7 +26,8 @@ enum long_only {
     OPT_TIMEOUT,
     OPT_PROBE_KEY,
     OPT_STALL,
-    OPT_PIN
+    OPT_PIN,
+    OPT_PER_THREAD
 };
 
 static const struct option longopts[] = {
@@ -54,6 +55,7 @@ static const struct option longopts[] = {
     { "timeout",       required_argument, NULL, OPT_TIMEOUT },
     { "probe-key",     required_argument, NULL, OPT_PROBE_KEY },
     { "pin",           no_argument,       NULL, OPT_PIN },
+    { "per-thread",    no_argument,       NULL, OPT_PER_THREAD },
     { "stall",         required_argument, NULL, OPT_STALL },
     { "help",          no_argument,       NULL, 'h' },
     { NULL, 0, NULL, 0 }
@@ -72,6 +74,9 @@ usage(FILE *out)
 "  -T, --threads N          client threads, one epoll loop each (1)\n"
 "      --pin                pin client thread i to CPU i mod CPUs (as\n"
 "                           memcaslap does)\n"
+"      --per-thread         also print ops and latency per client thread\n"
+"                           (a tail that only some threads see is the\n"
+"                           scheduler's, not the server's)\n"
 "  -d, --depth N            requests in flight per connection (1)\n"
 "      --window             refill after every read (memtier-style) instead\n"
 "                           of after the whole batch is answered\n"
@@ -346,6 +351,9 @@ parse_args(int argc, char **argv, struct bench_cfg *c)
             break;
         case OPT_PIN:
             c->pin = true;
+            break;
+        case OPT_PER_THREAD:
+            c->per_thread = true;
             break;
         case OPT_STALL:
             if (parse_secs(optarg, &c->stall_s) != 0 || c->stall_s <= 0) {
