@@ -4,14 +4,15 @@
 # Installs what is missing (Debian), builds stashd and stashd-bench, then on
 # loopback starts real memcached and stashd on every backend and --sync mode
 # the binary offers, each fresh for every run with the same threads and
-# memory, and runs the named workloads against each in alternation (round 1:
-# A B C.., round 2: A B C.., ...). Reports the median of each as a ratio to
-# memcached measured in the same run, plus restart time, footprint and a
+# memory, and runs the named workloads against each in alternation, with
+# memcached right before every other target (M A M B M C .., each round).
+# Reports the median of each, and of its ratios to the memcached run just
+# before it, plus restart time, footprint and a
 # driver check against memcaslap. Writes benchmarks/results/<date>-<host>.md,
 # .png and .raw, and the latest table into benchmarks/README.md.
 #
 #   benchmarks/compare.sh --quick      # a few minutes
-#   benchmarks/compare.sh              # the full run (about half an hour)
+#   benchmarks/compare.sh              # the full run (about an hour)
 #   benchmarks/compare.sh --help       # every knob
 set -euo pipefail
 
@@ -20,9 +21,9 @@ CMDLINE="benchmarks/compare.sh${*:+ $*}"
 BUILD=$ROOT/build-bench
 OUT=$ROOT/benchmarks/results
 README=$ROOT/benchmarks/README.md
-ROUNDS=5
+ROUNDS=3
 WARMUP=2
-DURATION=10
+DURATION=8
 THREADS=2           # server worker threads, memcached and stashd alike
 CTHREADS=2          # stashd-bench threads
 MEMORY=1024         # MB, -m of every server in the load part
@@ -38,7 +39,7 @@ usage() {
     cat <<EOF
 usage: benchmarks/compare.sh [options]
   --quick              3 rounds of 0.5 s warm-up + 1.5 s measured, no driver
-                       check (about 10 minutes with 8 targets)
+                       check (about 20 minutes with 8 targets)
   --rounds N           alternating rounds per workload ($ROUNDS)
   --warmup S           seconds of load before measuring ($WARMUP)
   --duration S         measured seconds per run ($DURATION)
@@ -346,38 +347,56 @@ elif has_part driver; then
 fi
 
 # --------------------------------------------------------------- load
+# One run of workload w against target t; raw line RUN or FAIL.
+run_load() {               # workload args target round slot
+    local w=$1 args=$2 t=$3 r=$4 slot=$5 port dir out
+    port=$(free_port)
+    dir=$TMP/data-$t
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    log "$w round $r/$ROUNDS: $t"
+    if ! start_server "$t" "$port" "$dir" "$MEMORY"; then
+        raw "FAIL workload=$w target=$t round=$r slot=$slot" \
+            "reason=$START_ERR"
+        return
+    fi
+    # shellcheck disable=SC2086
+    if out=$("$BENCH" -s "127.0.0.1:$port" $args \
+             -T "$CTHREADS" -w "$WARMUP" -D "$DURATION" \
+             --server-pid "$SPID" --label "$w" 2>&1); then
+        raw "RUN workload=$w target=$t round=$r slot=$slot" \
+            "$(echo "$out" | grep '^RESULT' | cut -d' ' -f2-)"
+    else
+        raw "FAIL workload=$w target=$t round=$r slot=$slot reason=$(echo \
+            "$out" | grep -v '^RESULT' | tail -1)" \
+            "[server: $(server_stats "$port" \
+            '_sync_(count|usec|max_usec|running_usec)$|^curr_conn')]"
+        log "  failed: $(echo "$out" | tail -1)"
+    fi
+    stop_server "$SPID"
+    # What this target left dirty is written back now, not during the
+    # next run.
+    sync
+}
+
+# A B A C A D ...: memcached runs right before every other target, and
+# each target is measured against that run (same slot), so a change in
+# what other tenants of the machine do between runs hits both sides.
 if has_part load; then
+    OTHERS=$(for t in $TARGETS; do [ "$t" = memcached ] || echo "$t"; done)
+    HAVE_MC=0
+    case " $TARGETS " in *" memcached "*) HAVE_MC=1 ;; esac
     for w in $WORKLOADS; do
         args=$(workload_args "$w")
         for r in $(seq "$ROUNDS"); do
-            for t in $TARGETS; do
-                port=$(free_port)
-                dir=$TMP/data-$t
-                rm -rf "$dir"
-                mkdir -p "$dir"
-                log "$w round $r/$ROUNDS: $t"
-                if ! start_server "$t" "$port" "$dir" "$MEMORY"; then
-                    raw "FAIL workload=$w target=$t round=$r" \
-                        "reason=$START_ERR"
-                    continue
-                fi
-                # shellcheck disable=SC2086
-                if out=$("$BENCH" -s "127.0.0.1:$port" $args \
-                         -T "$CTHREADS" -w "$WARMUP" -D "$DURATION" \
-                         --server-pid "$SPID" --label "$w" 2>&1); then
-                    raw "RUN workload=$w target=$t round=$r" \
-                        "$(echo "$out" | grep '^RESULT' | cut -d' ' -f2-)"
-                else
-                    raw "FAIL workload=$w target=$t round=$r reason=$(echo \
-                        "$out" | grep -v '^RESULT' | tail -1)" \
-                        "[server: $(server_stats "$port" \
-                        '_sync_(count|usec|max_usec|running_usec)$|^curr_conn')]"
-                    log "  failed: $(echo "$out" | tail -1)"
-                fi
-                stop_server "$SPID"
-                # What this target left dirty is written back now, not
-                # during the next target's run.
-                sync
+            slot=0
+            if [ -z "$OTHERS" ] && [ "$HAVE_MC" = 1 ]; then
+                run_load "$w" "$args" memcached "$r" 0
+            fi
+            for t in $OTHERS; do
+                slot=$((slot + 1))
+                [ "$HAVE_MC" = 1 ] && run_load "$w" "$args" memcached "$r" "$slot"
+                run_load "$w" "$args" "$t" "$r" "$slot"
             done
         done
     done
@@ -553,14 +572,40 @@ for w in workloads:
         a["rounds"] = {r["round"]: num(r, "ops_s") for r in rs}
         agg[(w, t)] = a
 
+def pair_ratios(w, t, key):
+    """target/memcached per pair: each run of t against the memcached run
+    of the same round and slot (run just before it); older raw files
+    without slots pair by round."""
+    mc = {}
+    for r in runs:
+        if r["workload"] == w and r["target"] == "memcached":
+            mc[(r["round"], r.get("slot"))] = num(r, key)
+    out = []
+    for r in runs:
+        if r["workload"] != w or r["target"] != t:
+            continue
+        b = mc.get((r["round"], r.get("slot")))
+        v = num(r, key)
+        if v is not None and b:
+            out.append(v / b)
+    return out
+
+def rel(w, t, key):
+    """Median of the paired ratios; None when nothing pairs."""
+    if t == "memcached":
+        return 1.0 if agg.get((w, t)) else None
+    return med(pair_ratios(w, t, key))
+
 def paired(w, t):
-    """Per-round ratios target/memcached: the spread shows the noise."""
-    a, m = agg.get((w, t)), agg.get((w, "memcached"))
-    if not a or not m:
-        return None
-    rs = [a["rounds"][k] / m["rounds"][k] for k in a["rounds"]
-          if k in m["rounds"] and m["rounds"][k]]
+    """Range of the paired ops/s ratios: the spread shows the noise."""
+    rs = pair_ratios(w, t, "ops_s")
     return (min(rs), max(rs)) if rs else None
+
+def xr(x, nd=2):
+    return "–" if x is None else f"{x:.{nd}f}×"
+
+def nfail(w, t):
+    return len([r for r in fails if r["workload"] == w and r["target"] == t])
 
 out = []
 P = out.append
@@ -595,14 +640,19 @@ P("")
 if runs:
     P("## Throughput and latency")
     P("")
-    P("Median of the rounds; ratios are to memcached's median in the same run. "
-      "`round ratios` is the range of per-round target/memcached ratios (the "
-      "noise). Server CPU is the server's CPU time (user + sys) per request: "
-      "on a shared machine it is steadier than ops/s.")
+    P("Medians of the runs. Memcached runs right before every other target "
+      "(A B A C ...), and each `× mc` figure is the median of the ratios of "
+      "a run to that memcached run, so a change in what the machine's other "
+      "tenants do between runs hits both sides of a ratio. `pair ratios` is "
+      "the range of those ops/s ratios (the noise). Server CPU is the "
+      "server's CPU time (user + sys) per request: on a shared machine it is "
+      "steadier than ops/s. A failed run (the client saw no reply for 10 s) "
+      "is counted, not averaged in.")
     P("")
-    P("| workload | target | ops/s | × memcached | round ratios | p50 µs | "
-      "p99 µs | p99 × mc | p99.9 µs | hit | server CPU ns/op | CPU × mc |")
-    P("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    P("| workload | target | runs | ops/s | × memcached | pair ratios | "
+      "p50 µs | p99 µs | p99 × mc | p99.9 µs | hit | server CPU ns/op | "
+      "CPU × mc |")
+    P("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for w in workloads:
         m = agg.get((w, "memcached"))
         for t in targets:
@@ -610,18 +660,20 @@ if runs:
             if not a:
                 f = [r for r in fails if r["workload"] == w and r["target"] == t]
                 if f:
-                    P(f"| {w} | {t} | failed: {f[0].get('reason', '?')} "
-                      "| | | | | | | | | |")
+                    P(f"| {w} | {t} | 0 (+{len(f)} failed) | failed: "
+                      f"{f[0].get('reason', '?')} | | | | | | | | | | |")
                 continue
             pr = paired(w, t)
-            P(f"| {w} | {t} | {fmt(a['ops_s'])} | "
-              f"{ratio(a['ops_s'], m and m['ops_s'])} | "
+            nf = nfail(w, t)
+            runs_s = f"{a['n']}" + (f" (+{nf} failed)" if nf else "")
+            P(f"| {w} | {t} | {runs_s} | {fmt(a['ops_s'])} | "
+              f"{xr(rel(w, t, 'ops_s'))} | "
               f"{'–' if not pr or t == 'memcached' else f'{pr[0]:.2f}–{pr[1]:.2f}'}"
               f" | {fmt(a['p50_us'], 0)} | {fmt(a['p99_us'], 0)} | "
-              f"{ratio(a['p99_us'], m and m['p99_us'])} | "
+              f"{xr(rel(w, t, 'p99_us'))} | "
               f"{fmt(a['p999_us'], 0)} | {fmt(a['hit'], 3)} | "
               f"{fmt(a['server_cpu_ns_op'])} | "
-              f"{ratio(a['server_cpu_ns_op'], m and m['server_cpu_ns_op'])} |")
+              f"{xr(rel(w, t, 'server_cpu_ns_op'))} |")
     P("")
 
 persist = [t for t in targets if "-" in t]
@@ -637,7 +689,7 @@ if runs and persist and "writes" in workloads:
         n = agg.get(("writes", f"{b}-none"))
         if a:
             P(f"| {b} | {s} | {fmt(a['ops_s'])} | "
-              f"{ratio(a['ops_s'], m and m['ops_s'])} | "
+              f"{xr(rel('writes', t, 'ops_s'))} | "
               f"{ratio(a['ops_s'], n and n['ops_s'])} |")
     P("")
 
@@ -718,11 +770,7 @@ if drv:
 
 # issue 6 targets
 def tgt_ratio(w, t):
-    a, m = agg.get((w, t)), agg.get((w, "memcached"))
-    if not a or not m or not m["ops_s"]:
-        return None, None
-    return a["ops_s"] / m["ops_s"], (a["p99_us"] / m["p99_us"]
-                                     if m["p99_us"] else None)
+    return rel(w, t, "ops_s"), rel(w, t, "p99_us")
 
 if runs or rst or foot:
     P("## Targets (issue 6)")
