@@ -21,6 +21,8 @@ struct worker {
     pthread_t          tid;
     struct ev_loop    *loop;    /* ro: owned by this worker's thread */
     ev_async           wake;    /* new fds, completions, stop */
+    ev_prepare         yield;   /* gives the CPU away after a busy pass */
+    bool               busy;    /* thread only: this pass read requests */
     pthread_mutex_t    lock;    /* guards the next four members */
     int               *newfds;
     size_t             nnew;

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -544,6 +545,7 @@ conn_cb(struct ev_loop *loop, ev_io *io, int revents)
         conn_resume(c);
     }
     if ((revents & EV_READ) && !c->closed) {
+        c->w->busy = true;
         conn_read(c);
     }
     if (!conn_reap(c) && !c->closed) {
@@ -716,6 +718,31 @@ worker_conns(void *arg, void (*emit)(void *, const char *, const char *),
     }
 }
 
+/*
+ * Runs before the loop polls again, after a pass that served requests.
+ * When clients share the cores with the workers (a co-located proxy or
+ * app, a benchmark client), a worker that always finds more requests
+ * ready never blocks, so the scheduler only switches it out at the end
+ * of a time slice, and every reply the client has not read yet waits that
+ * long: measured on 2 cores, p99 jumped from 0.5 ms to 3-5 ms in about
+ * half the runs. Yielding once per pass (not per request) hands the core
+ * over at batch boundaries instead; with nobody else runnable it returns
+ * at once.
+ */
+static void
+worker_yield(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    struct worker *w = (struct worker *)((char *)p -
+                                         offsetof(struct worker, yield));
+
+    (void)loop;
+    (void)revents;
+    if (w->busy) {
+        w->busy = false;
+        sched_yield();
+    }
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -759,6 +786,9 @@ worker_start(struct worker *w)
     w->cx.srv = &s->hs;
     ev_async_init(&w->wake, worker_wake);
     ev_async_start(w->loop, &w->wake);
+    ev_prepare_init(&w->yield, worker_yield);
+    ev_prepare_start(w->loop, &w->yield);
+    ev_unref(w->loop);   /* the yield alone must not keep the loop alive */
     return pthread_create(&w->tid, NULL, worker_main, w) == 0 ? 0 : -1;
 }
 
