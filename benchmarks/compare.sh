@@ -626,7 +626,8 @@ P(f"| versions | {E['STASHD_VERSION']} (git {E['GIT_REV']}"
 P(f"| servers | loopback, `-t {E['THREADS']}` worker threads and "
   f"`-m {E['MEMORY']}` MB each, started fresh for every run |")
 P(f"| client | stashd-bench, {E['CTHREADS']} threads, closed loop; "
-  f"{E['ROUNDS']} rounds alternating the targets, {E['WARMUP']} s "
+  f"{E['ROUNDS']} rounds, memcached run right before every other "
+  f"target, {E['WARMUP']} s "
   f"warm-up + {E['DURATION']} s measured per run |")
 P(f"| parts | {E['PARTS']}; workloads: {E['WORKLOADS']} |")
 P(f"| load average | {E['LOAD_START']} at start, {E['LOAD_END']} at end |")
