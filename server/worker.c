@@ -736,6 +736,8 @@ worker_conns(void *arg, void (*emit)(void *, const char *, const char *),
 #define YIELD_AFTER 250e-6      /* seconds awake before a yield */
 #define POLL_SLEPT  20e-6       /* a poll this long gave the core away */
 
+/* Before every poll: the store lets go of per-pass state, then maybe a
+ * yield. */
 static void
 worker_yield(struct ev_loop *loop, ev_prepare *p, int revents)
 {
@@ -745,6 +747,9 @@ worker_yield(struct ev_loop *loop, ev_prepare *p, int revents)
 
     (void)loop;
     (void)revents;
+    if (w->cx.ops->idle != NULL) {
+        w->cx.ops->idle(w->thr);
+    }
     if (w->busy && now - w->awake_since >= YIELD_AFTER) {
         sched_yield();
         now = ev_time();

@@ -199,6 +199,12 @@ struct store_ops {
      */
     store_rc_e (*stats_group)(struct store_thr *t, const char *group,
                               store_emit_fn emit, void *arg);
+    /*
+     * The calling thread is about to wait for work: lets go of whatever it
+     * kept between calls (sqlite: its read snapshot). NULL when a backend
+     * keeps nothing; callers check.
+     */
+    void (*idle)(struct store_thr *t);
 };
 
 /* The backend registered under name, or NULL when unknown. */

@@ -855,6 +855,7 @@ START_TEST(limit_evicts_lru)
         snprintf(key, sizeof(key), "k%04d", i);
         ck_assert_int_eq(get(t, key, &it, buf, sizeof(buf)), STORE_OK);
     }
+    ops->idle(t->thr);
     /* The maintenance thread applies the readers' hints. */
     for (int i = 0; i < 500; i++) {
         if (stat_u64(t->thr, "sqlite_recency_refreshes") >= 180) {
@@ -1000,6 +1001,9 @@ START_TEST(sweeper_reclaims_expired)
     /* Time moves on (told by a request); nobody reads the dead items. */
     t->c.now = now + 5;
     ck_assert_int_eq(get(t, "x2999", &it, buf, sizeof(buf)), STORE_OK);
+    /* Then this thread waits, as an idle worker does: it lets go of its
+     * read snapshot, which a checkpoint would otherwise wait for. */
+    ops->idle(t->thr);
     for (int i = 0; i < 100; i++) {
         ops->stats(t->thr, &st);
         if (st.curr_items == 500) {
@@ -1036,6 +1040,7 @@ START_TEST(sweeper_reclaims_expired)
     ck_assert_uint_eq(st.curr_items, 300);
     t->c.now += 3;
     ck_assert_int_eq(get(t, "y0", &it, buf, sizeof(buf)), STORE_ENOENT);
+    ops->idle(t->thr);
     for (int i = 0; i < 100; i++) {
         ops->stats(t->thr, &st);
         if (st.curr_items == 0) {
@@ -1416,6 +1421,52 @@ START_TEST(file_size_limit_is_an_error_reply)
 }
 END_TEST
 
+/*
+ * A thread's gets share a read snapshot; every commit made since, by any
+ * thread, is still seen by its next get, and a write or idle ends it.
+ */
+START_TEST(snapshot_sees_every_commit)
+{
+    struct t *t = t_new();
+    struct store_thr *b = NULL;
+    struct store_key k = { "k", 1 };
+    struct store_item in = { "v2", 2, 0, 0, 0, NULL };
+    struct store_item it;
+    uint64_t cas = 0;
+    char buf[16];
+
+    t_open(t);
+    ck_assert_int_eq(ops->attach(t->s, &b), STORE_OK);
+    ck_assert_int_eq(put(t, "k", "v1", 2, 0, 0, NULL), STORE_OK);
+    ck_assert_int_eq(get(t, "k", &it, buf, sizeof(buf)), STORE_OK);
+    ck_assert_str_eq(buf, "v1");
+    ck_assert_int_eq(get(t, "k", &it, buf, sizeof(buf)), STORE_OK);
+    /* Another thread commits while this one's snapshot is open. */
+    ck_assert_int_eq(ops->store(b, &t->c, STORE_SET, &k, &in, &cas),
+                     STORE_OK);
+    ck_assert_int_eq(get(t, "k", &it, buf, sizeof(buf)), STORE_OK);
+    ck_assert_str_eq(buf, "v2");
+    ck_assert_uint_eq(it.cas, cas);
+    ck_assert_int_eq(ops->del(b, &t->c, &k, 0), STORE_OK);
+    ck_assert_int_eq(get(t, "k", &it, buf, sizeof(buf)), STORE_ENOENT);
+    /* Its own write, then a get: read-your-writes. */
+    ck_assert_int_eq(put(t, "k", "v3", 2, 0, 0, NULL), STORE_OK);
+    ck_assert_int_eq(get(t, "k", &it, buf, sizeof(buf)), STORE_OK);
+    ck_assert_str_eq(buf, "v3");
+    ops->idle(t->thr);
+    ops->idle(t->thr);           /* idle twice is harmless */
+    ck_assert_int_eq(get(t, "k", &it, buf, sizeof(buf)), STORE_OK);
+    ck_assert_str_eq(buf, "v3");
+    /* A flush by the other thread hides everything from this one's next
+     * get, snapshot or not. */
+    ck_assert_int_eq(ops->flush(b, &t->c, t->c.now), STORE_OK);
+    ck_assert_int_eq(get(t, "k", &it, buf, sizeof(buf)), STORE_ENOENT);
+    ops->detach(&b);
+    t_close(t);
+    t_free(t);
+}
+END_TEST
+
 static Suite *
 sqlite_suite(void)
 {
@@ -1446,6 +1497,7 @@ sqlite_suite(void)
     tcase_add_test(tc, busy_is_an_error_reply);
     tcase_add_test(tc, bad_config_refused);
     tcase_add_test(tc, file_size_limit_is_an_error_reply);
+    tcase_add_test(tc, snapshot_sees_every_commit);
     suite_add_tcase(s, tc);
     return s;
 }

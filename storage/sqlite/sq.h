@@ -95,6 +95,8 @@ typedef enum sq_sql {
     SQ_SCAN0,         /* reader (maint): the first slice */
     SQ_PAGES,         /* reader (stats) */
     SQ_FREEPAGES,     /* reader (stats) */
+    SQ_RBEGIN,        /* reader: a snapshot over several gets */
+    SQ_REND,
     SQ_BEGIN,         /* writer */
     SQ_COMMIT,
     SQ_ROLLBACK,
@@ -185,6 +187,8 @@ struct sq_maint {
 struct store_thr {
     struct store    *s;         /* ro */
     struct sq_conn   c;         /* private: this thread's connection */
+    bool             snap;      /* private: a read transaction is open */
+    uint64_t         snap_seq;  /* private: s->seq when it began */
     pthread_cond_t   cond;      /* with s->wq.lock: op done / lead */
 };
 

@@ -21,8 +21,10 @@
  * SQLite starts the WAL over only when one has; so once the WAL holds more
  * than s->wal_restart bytes of frames, one RESTART checkpoint runs while
  * this thread holds the write lead (persist_queue_exclusive): it only has
- * the frames since the last tick left to copy, it waits (microseconds) for
- * readers of older frames, and the next commit starts the WAL over.
+ * the frames since the last tick left to copy, it waits for readers of
+ * older frames (a worker keeps a snapshot for one pass of its event loop
+ * at most, and drops it before any write), and the next commit starts the
+ * WAL over.
  */
 #include "storage/sqlite/sq.h"
 

@@ -20,7 +20,7 @@
 
 #include "storage/rules.h"
 
-#define SQ_WINDOW          16u   /* items looked at per eviction choice */
+#define SQ_WINDOW_ITEMS    16u   /* items looked at per eviction choice */
 #define SQ_RECLAIM_WINDOWS 4u    /* -M: windows searched for dead items */
 #define SQ_FULL_EVICT      64u   /* windows evicted, at most, on FULL */
 
@@ -257,8 +257,9 @@ cand_older(const struct cand *a, const struct cand *b)
 }
 
 /*
- * Reads the SQ_WINDOW rows from the hand (a clock over the key order) into
- * c and moves the hand past them; returns how many, or -1 on an error.
+ * Reads the SQ_WINDOW_ITEMS rows from the hand (a clock over the key
+ * order) into c and moves the hand past them; returns how many, or -1 on
+ * an error.
  */
 static int
 read_window(struct sq_wctx *w, struct cand *c, uint32_t now)
@@ -274,7 +275,7 @@ read_window(struct sq_wctx *w, struct cand *c, uint32_t now)
     if (s->hand_len > 0) {
         sq_bind_blob(st, 1, s->hand, s->hand_len);
     }
-    sqlite3_bind_int(st, 2, (int)SQ_WINDOW + 1);
+    sqlite3_bind_int(st, 2, (int)SQ_WINDOW_ITEMS + 1);
     s->hand_len = 0;              /* wraps unless a row follows */
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const void *k = sqlite3_column_blob(st, 6);
@@ -283,7 +284,7 @@ read_window(struct sq_wctx *w, struct cand *c, uint32_t now)
         if (klen == 0 || klen > STORE_KEY_MAX) {
             continue;
         }
-        if (n == (int)SQ_WINDOW) {
+        if (n == (int)SQ_WINDOW_ITEMS) {
             memcpy(s->hand, k, klen);     /* the next window starts here */
             s->hand_len = klen;
             break;
@@ -306,8 +307,8 @@ read_window(struct sq_wctx *w, struct cand *c, uint32_t now)
 }
 
 /*
- * Looks at the next SQ_WINDOW items after the hand and removes the dead
- * ones, or else, unless dead_only, the least recently used live ones
+ * Looks at the next SQ_WINDOW_ITEMS items after the hand and removes the
+ * dead ones, or else, unless dead_only, the least recently used live ones
  * (oldest atime, then oldest CAS): one, or up to half the window while
  * want bytes are still to be freed. Sampling like this approximates LRU
  * without an index to update on every write (as lmdb does). Returns false
@@ -317,8 +318,8 @@ static bool
 evict_window(struct sq_wctx *w, const struct store_key *protect,
              bool dead_only, uint64_t want, uint32_t now)
 {
-    struct cand c[SQ_WINDOW];
-    struct cand *order[SQ_WINDOW];
+    struct cand c[SQ_WINDOW_ITEMS];
+    struct cand *order[SQ_WINDOW_ITEMS];
     unsigned live = 0;
     uint64_t freed = 0;
     bool any_dead = false;
@@ -386,7 +387,7 @@ make_room(struct sq_wctx *w, const struct store_key *protect, uint64_t add,
         return STORE_ENOMEM;
     }
     max_windows = s->no_evict ? SQ_RECLAIM_WINDOWS
-                              : w->m.items / SQ_WINDOW + 2;
+                              : w->m.items / SQ_WINDOW_ITEMS + 2;
     while (w->m.bytes + add > s->mem_limit + sub) {
         if (windows++ >= max_windows) {
             return STORE_ENOMEM;
