@@ -21,7 +21,7 @@ struct worker {
     pthread_t          tid;
     struct ev_loop    *loop;    /* ro: owned by this worker's thread */
     ev_async           wake;    /* new fds, completions, stop */
-    ev_prepare         yield;   /* gives the CPU away after a long busy run */
+    ev_prepare         prepare; /* store idle; yield after a long busy run */
     ev_check           woke;    /* notes the polls that slept */
     bool               busy;    /* thread only: this pass read requests */
     ev_tstamp          awake_since; /* thread only: end of the last sleep

@@ -736,13 +736,13 @@ worker_conns(void *arg, void (*emit)(void *, const char *, const char *),
 #define YIELD_AFTER 250e-6      /* seconds awake before a yield */
 #define POLL_SLEPT  20e-6       /* a poll this long gave the core away */
 
-/* Before every poll: the store lets go of per-pass state, then maybe a
- * yield. */
+/* Before every poll: the store lets go of what it kept for the pass
+ * (ops->idle), then the yield rule above. */
 static void
-worker_yield(struct ev_loop *loop, ev_prepare *p, int revents)
+worker_before_poll(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     struct worker *w = (struct worker *)((char *)p -
-                                         offsetof(struct worker, yield));
+                                         offsetof(struct worker, prepare));
     ev_tstamp now = ev_time();
 
     (void)loop;
@@ -815,9 +815,9 @@ worker_start(struct worker *w)
     w->cx.srv = &s->hs;
     ev_async_init(&w->wake, worker_wake);
     ev_async_start(w->loop, &w->wake);
-    ev_prepare_init(&w->yield, worker_yield);
-    ev_prepare_start(w->loop, &w->yield);
-    ev_unref(w->loop);   /* the yield alone must not keep the loop alive */
+    ev_prepare_init(&w->prepare, worker_before_poll);
+    ev_prepare_start(w->loop, &w->prepare);
+    ev_unref(w->loop);   /* these two alone must not keep the loop alive */
     ev_check_init(&w->woke, worker_woke);
     ev_check_start(w->loop, &w->woke);
     ev_unref(w->loop);

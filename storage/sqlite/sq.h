@@ -96,10 +96,9 @@ typedef enum sq_sql {
     SQ_PAGES,         /* reader (stats) */
     SQ_FREEPAGES,     /* reader (stats) */
     SQ_RBEGIN,        /* reader: a snapshot over several gets */
-    SQ_REND,
     SQ_BEGIN,         /* writer */
-    SQ_COMMIT,
-    SQ_ROLLBACK,
+    SQ_COMMIT,        /* writer, and a reader ending its snapshot */
+    SQ_ROLLBACK,      /* writer, and a reader whose COMMIT failed */
     SQ_LOAD,          /* writer: an item's columns and value length */
     SQ_LOADV,         /* writer: the same with the value */
     SQ_PUT,

@@ -49,7 +49,6 @@ static const char *const sql_text[SQ_NSQL] = {
     [SQ_PAGES] = "PRAGMA page_count",
     [SQ_FREEPAGES] = "PRAGMA freelist_count",
     [SQ_RBEGIN] = "BEGIN",
-    [SQ_REND] = "COMMIT",
     [SQ_BEGIN] = "BEGIN IMMEDIATE",
     [SQ_COMMIT] = "COMMIT",
     [SQ_ROLLBACK] = "ROLLBACK",

@@ -106,7 +106,8 @@ store_sqlite_attach(struct store *s, struct store_thr **out)
     if (store_sqlite_connect(s, &t->c, false, false, NULL, 0) != SQLITE_OK ||
         store_sqlite_stmt(&t->c, SQ_GET) == NULL ||
         store_sqlite_stmt(&t->c, SQ_RBEGIN) == NULL ||
-        store_sqlite_stmt(&t->c, SQ_REND) == NULL) {
+        store_sqlite_stmt(&t->c, SQ_COMMIT) == NULL ||
+        store_sqlite_stmt(&t->c, SQ_ROLLBACK) == NULL) {
         store_sqlite_disconnect(&t->c);
         pthread_cond_destroy(&t->cond);
         free(t);
@@ -120,7 +121,7 @@ store_sqlite_attach(struct store *s, struct store_thr **out)
 static void
 snap_end(struct store_thr *t)
 {
-    sqlite3_stmt *st = t->c.st[SQ_REND];
+    sqlite3_stmt *st = t->c.st[SQ_COMMIT];
 
     if (!t->snap) {
         return;
@@ -130,11 +131,9 @@ snap_end(struct store_thr *t)
     sqlite3_reset(st);
     if (!sqlite3_get_autocommit(t->c.db)) {
         /* COMMIT of a read failed: never leave the snapshot held. */
-        st = store_sqlite_stmt(&t->c, SQ_ROLLBACK);
-        if (st != NULL) {
-            (void)sqlite3_step(st);
-            sqlite3_reset(st);
-        }
+        st = t->c.st[SQ_ROLLBACK];
+        (void)sqlite3_step(st);
+        sqlite3_reset(st);
     }
 }
 
