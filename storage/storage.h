@@ -62,6 +62,9 @@ struct store_cfg {
     store_sync_e sync;             /* persistent backends only */
     uint32_t     sync_interval_ms; /* persistent backends only */
     uint32_t     now;              /* unix time at open */
+    const char  *boot_id;          /* the machine's boot id; NULL: the
+                                    * kernel's (a new one at open means
+                                    * the machine restarted meanwhile) */
     char        *err;              /* open writes why it failed here, */
     size_t       errlen;           /* naming the file; may be NULL */
 };

@@ -626,8 +626,8 @@ START_TEST(newer_format_refused)
     t_open(t);
     ck_assert_int_eq(put(t, "k", "v", 1, 0, 0, NULL), STORE_OK);
     t_close(t);
-    sql_exec(t->db, "UPDATE meta SET format = 2");
-    expect_refused(t, STORE_ECORRUPT, "format 2");
+    sql_exec(t->db, "UPDATE meta SET format = 3");
+    expect_refused(t, STORE_ECORRUPT, "format 3");
     t_free(t);
 }
 END_TEST
@@ -798,7 +798,7 @@ START_TEST(schema_readable_with_sqlite3)
                      SQLITE_OK);
     ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
     ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "stashd");
-    ck_assert_int_eq(sqlite3_column_int64(st, 1), 1);
+    ck_assert_int_eq(sqlite3_column_int64(st, 1), 2);
     ck_assert_int_eq(sqlite3_column_int64(st, 2), (sqlite3_int64)cas2);
     ck_assert_int_eq(sqlite3_column_int64(st, 3), 2);
     ck_assert_int_eq(sqlite3_column_int64(st, 4), 2 * 48 + 6 + 3 + 6 + 5);

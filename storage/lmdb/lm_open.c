@@ -1,79 +1,321 @@
 /*
- * Opening and closing an lmdb store. open creates the data directory if it
- * is missing (mode 0700), takes an exclusive flock on DIR/stashd.lock so a
- * second stashd (or a second open in this process) is refused before any
- * LMDB file is touched, opens the environment, and checks that it is ours:
- * an empty environment becomes a new store, one with our metadata record
- * is loaded, and anything else (not an LMDB file, another program's LMDB
- * environment, a newer format) is refused with a message naming the file.
- * Refusing never writes: a foreign or damaged data.mdb is left byte for
- * byte as it was. close stops the threads, syncs, and frees everything.
+ * The lmdb adapter (store_lmdb_ops): memcached items in one LMDB
+ * environment per data directory, surviving restarts, crashes and power
+ * loss. This file opens and closes it.
+ *
+ * Design, and why:
+ * - Layout: DIR/data.mdb + lock.mdb (LMDB's), DIR/stashd.lock (the
+ *   engine's flock), DIR/stashd.synced (the last durable snapshot,
+ *   lm_sync.c). Items live in the named DB "stashd_items", keyed by the
+ *   memcached key; a record is a 40-byte little-endian header (cas, flags,
+ *   exptime, stored time, last access, fetched bit, checksum) and the
+ *   value. A 64-byte metadata record under the reserved main-DB key
+ *   "stashd" (magic, format, flush CAS and time, CAS ceiling, items,
+ *   bytes, its own checksum) is rewritten in every commit, so it is always
+ *   exactly consistent with the items and a restart needs no scan.
+ * - Open refuses, never overwrites: a file that is not an LMDB
+ *   environment, another program's environment, a newer or older format,
+ *   a sqlite store in the same directory, or a store that LMDB trips over
+ *   is refused with a message naming the file. Before LMDB touches the
+ *   file in this process, a child process walks every page of it and
+ *   checks every record's checksum: a damaged page that would make LMDB
+ *   abort (an assertion) or fault kills only the child, and the store is
+ *   refused with the reason instead of a crash loop. Damaged records the
+ *   walk finds are handed to the engine, which removes them.
+ * - Commits are MDB_NOSYNC (a write() to the page cache, which a killed
+ *   process does not lose); durability and power-loss consistency are the
+ *   snapshot scheme's (lm_sync.c). No MDB_WRITEMAP: with it a full disk
+ *   would be a SIGBUS, not ENOSPC.
  */
 #include "storage/lmdb/lm.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include "storage/persist/persist.h"
 
 #define LM_MAP_HEADROOM  (64ull * 1024 * 1024)
 #define LM_MIN_READERS   126u
-
-store_rc_e
-store_lmdb_rc(int mrc)
-{
-    switch (mrc) {
-    case 0:
-        return STORE_OK;
-    case MDB_NOTFOUND:
-        return STORE_ENOENT;
-    case MDB_MAP_FULL:
-    case MDB_TXN_FULL:
-    case MDB_READERS_FULL:
-    case ENOSPC:
-    case EDQUOT:
-    case ENOMEM:
-        return STORE_ENOMEM;
-    case MDB_CORRUPTED:
-    case MDB_PAGE_NOTFOUND:
-    case MDB_INVALID:
-    case MDB_VERSION_MISMATCH:
-        return STORE_ECORRUPT;
-    default:
-        return STORE_EIO;
-    }
-}
+#define LM_VERIFY_BAD_MAX 4096u   /* damaged keys the walk reports */
 
 void
-store_lmdb_meta_encode(unsigned char *p, const struct lm_meta *m)
+lm_meta_encode(unsigned char *p, const struct kv_meta *m)
 {
     memset(p, 0, LM_META_SIZE);
     memcpy(p, LM_MAGIC, 8);
-    lm_put32(p + 8, LM_FORMAT);
-    lm_put32(p + 12, m->created);
-    lm_put64(p + 16, m->flush_cas);
-    lm_put64(p + 24, m->cas_max);
-    lm_put64(p + 32, m->bytes);
-    lm_put32(p + 40, m->flush_time);
+    kv_put32(p + 8, LM_FORMAT);
+    kv_put32(p + 12, m->created);
+    kv_put64(p + 16, m->flush_cas);
+    kv_put64(p + 24, m->cas_max);
+    kv_put64(p + 32, m->bytes);
+    kv_put32(p + 40, m->flush_time);
+    kv_put64(p + 48, m->items);
+    kv_put32(p + 60, kv_crc32c(0, p, 60));
 }
 
 bool
-store_lmdb_meta_decode(const unsigned char *p, size_t len, struct lm_meta *m,
-                       uint32_t *format)
+lm_meta_decode(const unsigned char *p, size_t len, struct kv_meta *m,
+               uint32_t *format)
 {
     if (len != LM_META_SIZE || memcmp(p, LM_MAGIC, 8) != 0) {
         return false;
     }
-    *format = lm_get32(p + 8);
-    m->created = lm_get32(p + 12);
-    m->flush_cas = lm_get64(p + 16);
-    m->cas_max = lm_get64(p + 24);
-    m->bytes = lm_get64(p + 32);
-    m->flush_time = lm_get32(p + 40);
+    *format = kv_get32(p + 8);
+    if (*format != LM_FORMAT) {
+        return true;
+    }
+    if (kv_get32(p + 60) != kv_crc32c(0, p, 60)) {
+        return false;
+    }
+    m->created = kv_get32(p + 12);
+    m->flush_cas = kv_get64(p + 16);
+    m->cas_max = kv_get64(p + 24);
+    m->bytes = kv_get64(p + 32);
+    m->flush_time = kv_get32(p + 40);
+    m->items = kv_get64(p + 48);
     return true;
 }
+
+int
+lm_meta_put(struct kv_be *b, MDB_txn *txn, const struct kv_meta *m)
+{
+    unsigned char buf[LM_META_SIZE];
+    MDB_val key = { sizeof(LM_META_KEY) - 1, (void *)LM_META_KEY };
+    MDB_val val = { LM_META_SIZE, buf };
+
+    lm_meta_encode(buf, m);
+    return mdb_put(txn, b->main_dbi, &key, &val, 0);
+}
+
+/* ------------------------------------------------------ the checking walk */
+
+/* What the walk in the child reports through its pipe. */
+struct walk_out {
+    int      fd;
+    unsigned bad;
+};
+
+/* Walks every record of dbi; for the items DB checks each checksum. */
+static int
+walk_db(MDB_txn *txn, MDB_dbi dbi, bool items, struct walk_out *wo)
+{
+    MDB_cursor *cur;
+    MDB_val key;
+    MDB_val data;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+
+    if (rc != 0) {
+        return rc;
+    }
+    while ((rc = mdb_cursor_get(cur, &key, &data, MDB_NEXT)) == 0) {
+        struct kv_view v;
+
+        if (!items) {
+            continue;
+        }
+        if (lm_rec_decode(&data, &v, true) &&
+            kv_sum_ok(&v.r, key.mv_data, key.mv_size, v.val, v.vlen)) {
+            continue;
+        }
+        /* "B <key length> <cas>\n" and the key's bytes. */
+        if (wo->bad++ < LM_VERIFY_BAD_MAX && key.mv_size <= STORE_KEY_MAX) {
+            char line[64];
+            int n = snprintf(line, sizeof(line), "B %zu %llu\n", key.mv_size,
+                             (unsigned long long)v.r.cas);
+
+            if (write(wo->fd, line, (size_t)n) != n ||
+                write(wo->fd, key.mv_data, key.mv_size) !=
+                    (ssize_t)key.mv_size) {
+                break;
+            }
+        }
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Exits the child with "T": the file is shorter than its pages. */
+static void
+check_length(MDB_env *env, const char *path, int fd)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    struct stat fst;
+    uint64_t used;
+
+    if (mdb_env_info(env, &info) != 0 || mdb_env_stat(env, &st) != 0 ||
+        stat(path, &fst) != 0) {
+        return;
+    }
+    used = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+    if ((uint64_t)fst.st_size < used) {
+        /* Reading a page past the end of the file would be a SIGBUS. */
+        dprintf(fd, "T %llu %llu\n", (unsigned long long)fst.st_size,
+                (unsigned long long)used);
+        _exit(4);
+    }
+}
+
+/* The child: opens read-only and walks; exits 0 when LMDB found nothing. */
+static void
+walk_child(const char *dir, const char *path, uint64_t map_size, int fd)
+{
+    struct walk_out wo = { fd, 0 };
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi items;
+    int rc;
+
+    /* LMDB writes an assertion's text to stderr before it aborts. */
+    (void)dup2(fd, STDERR_FILENO);
+    if ((rc = mdb_env_create(&env)) == 0 &&
+        (rc = mdb_env_set_maxdbs(env, 2)) == 0 &&
+        (rc = mdb_env_set_mapsize(env, (size_t)map_size)) == 0 &&
+        (rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOLOCK | MDB_NOTLS,
+                           0600)) == 0 &&
+        (check_length(env, path, fd),
+         rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn)) == 0) {
+        /* The free list, the main DB, then every item with its sum. */
+        if ((rc = walk_db(txn, 0, false, &wo)) == 0 &&
+            (rc = walk_db(txn, 1, false, &wo)) == 0 &&
+            (rc = mdb_dbi_open(txn, LM_ITEMS_DB, 0, &items)) == 0) {
+            rc = walk_db(txn, items, true, &wo);
+        }
+        if (rc == MDB_NOTFOUND) {
+            rc = 0;              /* no items DB: an empty environment */
+        }
+    }
+    if (rc != 0) {
+        dprintf(fd, "E %s\n", mdb_strerror(rc));
+        _exit(3);
+    }
+    _exit(0);
+}
+
+/* Parses the child's report: damaged keys go to the engine. */
+static void
+walk_report(struct kv_be *b, const char *buf, size_t n, char *why,
+            size_t whylen)
+{
+    size_t i = 0;
+
+    why[0] = '\0';
+    while (i < n) {
+        const char *nl = memchr(buf + i, '\n', n - i);
+        size_t klen;
+        unsigned long long cas;
+
+        if (nl == NULL) {
+            break;
+        }
+        if (buf[i] == 'B' &&
+            sscanf(buf + i, "B %zu %llu", &klen, &cas) == 2 &&
+            klen <= (size_t)(buf + n - (nl + 1))) {
+            b->host->bad(b->host->s, nl + 1, klen, cas);
+            i = (size_t)(nl + 1 - buf) + klen;
+            continue;
+        }
+        /* LMDB's own words (an error, an assertion): keep the last. */
+        snprintf(why, whylen, "%.*s", (int)(nl - (buf + i)), buf + i);
+        i = (size_t)(nl + 1 - buf);
+    }
+}
+
+/*
+ * Walks the whole store in a child process before this one maps it: what
+ * would crash LMDB crashes the child, and the store is refused.
+ */
+static store_rc_e
+walk(const struct store_cfg *cfg, struct kv_be *b, off_t file_size)
+{
+    int fds[2];
+    pid_t pid;
+    char *buf = NULL;
+    size_t n = 0;
+    size_t cap = 0;
+    char why[256];
+    int status = 0;
+
+    if (pipe(fds) != 0) {
+        persist_err(cfg, "%s: cannot check it: %s", b->data_path,
+                    strerror(errno));
+        return STORE_EIO;
+    }
+    pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        persist_err(cfg, "%s: cannot check it: %s", b->data_path,
+                    strerror(errno));
+        return STORE_EIO;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        walk_child(b->dir, b->data_path, (uint64_t)file_size > b->map_size
+                           ? (uint64_t)file_size + LM_MAP_HEADROOM
+                           : b->map_size, fds[1]);
+    }
+    close(fds[1]);
+    for (;;) {
+        ssize_t r;
+
+        if (n == cap) {
+            char *p = realloc(buf, cap != 0 ? cap * 2 : 4096);
+
+            if (p == NULL) {
+                break;
+            }
+            buf = p;
+            cap = cap != 0 ? cap * 2 : 4096;
+        }
+        r = read(fds[0], buf + n, cap - n);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            break;
+        }
+        n += (size_t)r;
+    }
+    close(fds[0]);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    walk_report(b, buf != NULL ? buf : "", n, why, sizeof(why));
+    free(buf);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        return STORE_OK;
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 4) {
+        unsigned long long have = 0;
+        unsigned long long need = 0;
+
+        (void)sscanf(why, "T %llu %llu", &have, &need);
+        persist_err(cfg, "%s: truncated: %llu bytes, its pages need %llu; "
+                    "refusing to touch it", b->data_path, have, need);
+        return STORE_ECORRUPT;
+    }
+    if (WIFSIGNALED(status)) {
+        persist_err(cfg, "%s: damaged: checking it made LMDB fail (%s%s%s);"
+                    " refusing to serve from it. Move the directory aside "
+                    "to start empty, or restore a backup", b->data_path,
+                    strsignal(WTERMSIG(status)), why[0] ? ": " : "", why);
+    } else {
+        persist_err(cfg, "%s: damaged: LMDB reports \"%s\" while checking "
+                    "it; refusing to serve from it. Move the directory "
+                    "aside to start empty, or restore a backup",
+                    b->data_path, why[0] ? why + 2 : "an error");
+    }
+    return STORE_ECORRUPT;
+}
+
+/* ----------------------------------------------------------------- open */
 
 /*
  * A store written under a larger -m may use more pages than our map: give
@@ -81,46 +323,55 @@ store_lmdb_meta_decode(const unsigned char *p, size_t len, struct lm_meta *m,
  * fresh pages to copy-on-write into) could run.
  */
 static store_rc_e
-map_fit(const struct store_cfg *cfg, struct store *s)
+map_fit(const struct store_cfg *cfg, struct kv_be *b)
 {
     MDB_envinfo info;
     MDB_stat st;
     struct stat fst;
-    char path[4096];
     uint64_t used;
     int rc;
 
-    if ((rc = mdb_env_info(s->env, &info)) != 0 ||
-        (rc = mdb_env_stat(s->env, &st)) != 0) {
-        persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
-                    mdb_strerror(rc));
+    if ((rc = mdb_env_info(b->env, &info)) != 0 ||
+        (rc = mdb_env_stat(b->env, &st)) != 0) {
+        persist_err(cfg, "%s: %s", b->data_path, mdb_strerror(rc));
         return STORE_EIO;
     }
+    b->psize = st.ms_psize;
     used = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
-    snprintf(path, sizeof(path), "%s/%s", s->dir, LM_DATA_FILE);
-    if (stat(path, &fst) == 0 && (uint64_t)fst.st_size < used) {
+    if (stat(b->data_path, &fst) == 0 && (uint64_t)fst.st_size < used) {
         /* Reading a page past the end of the file would be a SIGBUS. */
         persist_err(cfg, "%s: truncated: %llu bytes, its pages need "
-                    "%llu; refusing to touch it", path,
+                    "%llu; refusing to touch it", b->data_path,
                     (unsigned long long)fst.st_size,
                     (unsigned long long)used);
         return STORE_ECORRUPT;
     }
     if (info.me_mapsize < used + LM_MAP_HEADROOM) {
-        rc = mdb_env_set_mapsize(s->env, (size_t)(used + LM_MAP_HEADROOM));
+        rc = mdb_env_set_mapsize(b->env, (size_t)(used + LM_MAP_HEADROOM));
         if (rc != 0) {
-            persist_err(cfg, "%s/%s: cannot map %llu bytes: %s", s->dir,
-                        LM_DATA_FILE,
+            persist_err(cfg, "%s: cannot map %llu bytes: %s", b->data_path,
                         (unsigned long long)(used + LM_MAP_HEADROOM),
                         mdb_strerror(rc));
-            return store_lmdb_rc(rc);
+            return STORE_ENOMEM;
         }
     }
     return STORE_OK;
 }
 
+/* LMDB is about to abort on a damaged page: say which file, and how out. */
+static void
+lm_assert(MDB_env *env, const char *msg)
+{
+    const char *dir = "?";
+
+    (void)mdb_env_get_path(env, &dir);
+    fprintf(stderr, "stashd: %s/%s is damaged (LMDB: %s); stopping rather "
+            "than serve from it. The next start checks the file and refuses "
+            "it with the way out\n", dir, LM_DATA_FILE, msg);
+}
+
 static store_rc_e
-env_open(const struct store_cfg *cfg, struct store *s)
+env_open(const struct store_cfg *cfg, struct kv_be *b)
 {
     unsigned readers = cfg->threads * 2 + 16;
     int rc;
@@ -128,76 +379,69 @@ env_open(const struct store_cfg *cfg, struct store *s)
     if (readers < LM_MIN_READERS) {
         readers = LM_MIN_READERS;
     }
-    rc = mdb_env_create(&s->env);
+    rc = mdb_env_create(&b->env);
     if (rc != 0) {
-        persist_err(cfg, "%s: %s", s->dir, mdb_strerror(rc));
+        persist_err(cfg, "%s: %s", b->dir, mdb_strerror(rc));
         return STORE_ENOMEM;
     }
-    if ((rc = mdb_env_set_maxdbs(s->env, 2)) != 0 ||
-        (rc = mdb_env_set_maxreaders(s->env, readers)) != 0 ||
-        (rc = mdb_env_set_mapsize(s->env, (size_t)s->map_size)) != 0) {
-        persist_err(cfg, "%s: %s", s->dir, mdb_strerror(rc));
+    (void)mdb_env_set_assert(b->env, lm_assert);
+    if ((rc = mdb_env_set_maxdbs(b->env, 2)) != 0 ||
+        (rc = mdb_env_set_maxreaders(b->env, readers)) != 0 ||
+        (rc = mdb_env_set_mapsize(b->env, (size_t)b->map_size)) != 0) {
+        persist_err(cfg, "%s: %s", b->dir, mdb_strerror(rc));
         return STORE_EINVAL;
     }
     /*
-     * MDB_NOSYNC: a commit is a write() to the page cache, which a killed
-     * process does not lose; the syncer fsyncs per --sync. MDB_NOTLS: read
-     * transactions belong to our per-thread state, not to the OS thread.
-     * No MDB_WRITEMAP: with it a full disk would be a SIGBUS, not ENOSPC.
+     * MDB_NOSYNC: a commit is a write() to the page cache; the syncer
+     * makes snapshots durable (lm_sync.c). MDB_NOTLS: read transactions
+     * belong to our readers, not to the OS thread.
      */
-    rc = mdb_env_open(s->env, s->dir, MDB_NOSYNC | MDB_NOTLS, 0600);
+    rc = mdb_env_open(b->env, b->dir, MDB_NOSYNC | MDB_NOTLS, 0600);
     if (rc == 0) {
-        s->env_opened = true;
-        return map_fit(cfg, s);
+        return map_fit(cfg, b);
     }
     if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
-        persist_err(cfg, "%s/%s: not an LMDB file this stashd can read "
-                    "(%s); refusing to touch it", s->dir, LM_DATA_FILE,
+        persist_err(cfg, "%s: not an LMDB file this stashd can read "
+                    "(%s); refusing to touch it", b->data_path,
                     mdb_strerror(rc));
         return STORE_ECORRUPT;
     }
-    persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE, mdb_strerror(rc));
+    persist_err(cfg, "%s: %s", b->data_path, mdb_strerror(rc));
     return rc == ENOMEM ? STORE_ENOMEM : STORE_EIO;
 }
 
 /* A brand-new environment: the items DB and the metadata record. */
 static store_rc_e
-meta_create(const struct store_cfg *cfg, struct store *s)
+meta_create(const struct store_cfg *cfg, struct kv_be *b, struct kv_meta *m)
 {
-    unsigned char buf[LM_META_SIZE];
-    MDB_val key = { sizeof(LM_META_KEY) - 1, (void *)LM_META_KEY };
-    MDB_val val = { LM_META_SIZE, buf };
     MDB_txn *txn;
     int rc;
 
-    memset(&s->meta, 0, sizeof(s->meta));
-    s->meta.created = cfg->now;
-    store_lmdb_meta_encode(buf, &s->meta);
-    rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    memset(m, 0, sizeof(*m));
+    m->created = cfg->now;
+    rc = mdb_txn_begin(b->env, NULL, 0, &txn);
     if (rc == 0) {
-        if ((rc = mdb_dbi_open(txn, NULL, 0, &s->main_dbi)) != 0 ||
+        if ((rc = mdb_dbi_open(txn, NULL, 0, &b->main_dbi)) != 0 ||
             (rc = mdb_dbi_open(txn, LM_ITEMS_DB, MDB_CREATE,
-                               &s->items)) != 0 ||
-            (rc = mdb_put(txn, s->main_dbi, &key, &val, 0)) != 0) {
+                               &b->items)) != 0 ||
+            (rc = lm_meta_put(b, txn, m)) != 0) {
             mdb_txn_abort(txn);
         } else {
             rc = mdb_txn_commit(txn);
         }
     }
-    if (rc == 0) {
-        rc = mdb_env_sync(s->env, 1);
-    }
     if (rc != 0) {
-        persist_err(cfg, "%s/%s: cannot create the store: %s", s->dir,
-                    LM_DATA_FILE, mdb_strerror(rc));
-        return store_lmdb_rc(rc);
+        persist_err(cfg, "%s: cannot create the store: %s", b->data_path,
+                    mdb_strerror(rc));
+        return kv_rc(lm_err(b, rc)) == STORE_ENOMEM ? STORE_ENOMEM
+                                                   : STORE_EIO;
     }
     return STORE_OK;
 }
 
 /* Checks the environment is a stashd store and loads its metadata. */
 static store_rc_e
-meta_load(const struct store_cfg *cfg, struct store *s)
+meta_load(const struct store_cfg *cfg, struct kv_be *b, struct kv_meta *m)
 {
     MDB_val key = { sizeof(LM_META_KEY) - 1, (void *)LM_META_KEY };
     MDB_val val;
@@ -208,215 +452,231 @@ meta_load(const struct store_cfg *cfg, struct store *s)
 
     memset(&st, 0, sizeof(st));
     /* Read-only: looking never writes, whatever we find. */
-    rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    rc = mdb_txn_begin(b->env, NULL, MDB_RDONLY, &txn);
     if (rc != 0) {
-        persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
-                    mdb_strerror(rc));
-        return store_lmdb_rc(rc);
+        persist_err(cfg, "%s: %s", b->data_path, mdb_strerror(rc));
+        return kv_rc(lm_err(b, rc));
     }
-    rc = mdb_dbi_open(txn, NULL, 0, &s->main_dbi);
+    rc = mdb_dbi_open(txn, NULL, 0, &b->main_dbi);
     if (rc == 0) {
-        rc = mdb_stat(txn, s->main_dbi, &st);
+        rc = mdb_stat(txn, b->main_dbi, &st);
     }
     if (rc == 0) {
-        rc = mdb_get(txn, s->main_dbi, &key, &val);
+        rc = mdb_get(txn, b->main_dbi, &key, &val);
     }
     if (rc == MDB_NOTFOUND && st.ms_entries == 0) {
         mdb_txn_abort(txn);
-        return meta_create(cfg, s);
+        return meta_create(cfg, b, m);
     }
     if (rc == MDB_NOTFOUND) {
         mdb_txn_abort(txn);
-        persist_err(cfg, "%s/%s: an LMDB database that is not a stashd "
-                    "store; refusing to touch it", s->dir, LM_DATA_FILE);
+        persist_err(cfg, "%s: an LMDB database that is not a stashd "
+                    "store; refusing to touch it", b->data_path);
         return STORE_ECORRUPT;
     }
     if (rc != 0) {
         mdb_txn_abort(txn);
-        persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
-                    mdb_strerror(rc));
-        return store_lmdb_rc(rc);
+        persist_err(cfg, "%s: %s", b->data_path, mdb_strerror(rc));
+        return kv_rc(lm_err(b, rc));
     }
-    if (!store_lmdb_meta_decode(val.mv_data, val.mv_size, &s->meta,
-                                &format)) {
+    if (!lm_meta_decode(val.mv_data, val.mv_size, m, &format)) {
         mdb_txn_abort(txn);
-        persist_err(cfg, "%s/%s: not a stashd store (bad metadata "
-                    "record); refusing to touch it", s->dir,
-                    LM_DATA_FILE);
+        persist_err(cfg, "%s: not a stashd store (bad metadata record); "
+                    "refusing to touch it", b->data_path);
         return STORE_ECORRUPT;
     }
     if (format != LM_FORMAT) {
         mdb_txn_abort(txn);
-        persist_err(cfg, "%s/%s: stashd store format %u, this stashd "
-                    "reads format %u", s->dir, LM_DATA_FILE, format,
-                    LM_FORMAT);
+        persist_err(cfg, "%s: stashd store format %u, this stashd reads "
+                    "format %u (records with checksums); refusing to touch "
+                    "it. Move the directory aside to start empty", 
+                    b->data_path, format, LM_FORMAT);
         return STORE_ECORRUPT;
     }
-    rc = mdb_dbi_open(txn, LM_ITEMS_DB, 0, &s->items);
+    rc = mdb_dbi_open(txn, LM_ITEMS_DB, 0, &b->items);
     if (rc != 0) {
         mdb_txn_abort(txn);
-        persist_err(cfg, "%s/%s: stashd store without its items "
-                    "database (%s)", s->dir, LM_DATA_FILE,
-                    mdb_strerror(rc));
+        persist_err(cfg, "%s: stashd store without its items "
+                    "database (%s)", b->data_path, mdb_strerror(rc));
         return STORE_ECORRUPT;
     }
     /* Committing a read-only txn keeps the DB handles open. */
     rc = mdb_txn_commit(txn);
     if (rc != 0) {
-        persist_err(cfg, "%s/%s: %s", s->dir, LM_DATA_FILE,
-                    mdb_strerror(rc));
-        return store_lmdb_rc(rc);
+        persist_err(cfg, "%s: %s", b->data_path, mdb_strerror(rc));
+        return kv_rc(lm_err(b, rc));
     }
     return STORE_OK;
 }
 
-/* The syncer's hook: every commit so far to disk (MDB_NOSYNC otherwise). */
-static int
-lm_fsync(void *arg)
+/* Each backend refuses the other's directory, naming what it found. */
+static store_rc_e
+check_dir(const struct store_cfg *cfg, struct kv_be *b, bool *exists,
+          off_t *size)
 {
-    struct store *s = arg;
+    char path[4096];
+    struct stat st;
 
-    return mdb_env_sync(s->env, 1);
+    snprintf(path, sizeof(path), "%s/%s", b->dir, LM_SQLITE_FILE);
+    if (stat(path, &st) == 0) {
+        persist_err(cfg, "%s: the directory holds a sqlite store "
+                    "(start with --backend sqlite, or pick another "
+                    "--data-dir); the lmdb backend will not mix with it",
+                    path);
+        return STORE_ECORRUPT;
+    }
+    *exists = stat(b->data_path, &st) == 0;
+    *size = *exists ? st.st_size : 0;
+    if (*exists && !S_ISREG(st.st_mode)) {
+        persist_err(cfg, "%s: not a regular file; refusing to touch it",
+                    b->data_path);
+        return STORE_ECORRUPT;
+    }
+    return STORE_OK;
 }
 
-/* What open set up, so that a failure undoes exactly that. */
-struct open_state {
-    unsigned locks;      /* how many of the sync objects below exist */
-};
+/* A new file's name on disk now, not at the file system's leisure. */
+static void
+sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+}
+
+static char *
+path_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+
+    if (p != NULL) {
+        snprintf(p, n, "%s/%s", dir, name);
+    }
+    return p;
+}
 
 static void
-lm_destroy(struct store *s, const struct open_state *st)
+lm_free(struct kv_be *b)
 {
-    store_lmdb_maint_stop(s);
-    persist_sync_stop(&s->ps);
-    if (s->env != NULL) {
-        if (s->env_opened) {
-            (void)mdb_env_sync(s->env, 1);
-        }
-        mdb_env_close(s->env);
+    if (b->env != NULL) {
+        mdb_env_close(b->env);
     }
-    if (s->lock_fd >= 0) {
-        close(s->lock_fd);     /* releases the flock */
+    if (b->data_fd >= 0) {
+        close(b->data_fd);
     }
-    /* In reverse order of lm_open's init list. */
-    switch (st->locks) {
-    case 4:
-        persist_maint_deinit(&s->pm);
-        /* fall through */
-    case 3:
-        pthread_mutex_destroy(&s->hint_lock);
-        /* fall through */
-    case 2:
-        persist_sync_deinit(&s->ps);
-        /* fall through */
-    case 1:
-        persist_queue_deinit(&s->wq);
-        /* fall through */
-    default:
-        break;
+    if (b->snap_fd >= 0) {
+        close(b->snap_fd);
     }
-    store_lmdb_keybuf_deinit(&s->hints);
-    free(s->scratch);
-    free(s->dir);
-    free(s);
+    free(b->scratch);
+    free(b->snap_path);
+    free(b->data_path);
+    free(b->dir);
+    free(b);
 }
 
-static bool
-sync_objects_init(const struct store_cfg *cfg, struct store *s,
-                  struct open_state *st)
+static store_rc_e
+lm_open(const struct store_cfg *cfg, const char *dir,
+        const struct kv_host *host, struct kv_be **out, struct kv_meta *m)
 {
-    if (!persist_queue_init(&s->wq, store_lmdb_run_batch, s)) {
-        return false;
-    }
-    st->locks = 1;
-    if (!persist_sync_init(&s->ps, cfg->sync, cfg->sync_interval_ms,
-                           lm_fsync, s, &s->seq, &s->wfail)) {
-        return false;
-    }
-    st->locks = 2;
-    if (pthread_mutex_init(&s->hint_lock, NULL) != 0) {
-        return false;
-    }
-    st->locks = 3;
-    if (!persist_maint_init(&s->pm, LM_TICK_MS, &s->now_seen)) {
-        return false;
-    }
-    st->locks = 4;
-    return true;
-}
-
-store_rc_e
-store_lmdb_open(const struct store_cfg *cfg, struct store **out)
-{
-    struct open_state st = { 0 };
-    struct store *s;
-    store_rc_e rc = STORE_ENOMEM;
+    struct kv_be *b = calloc(1, sizeof(*b));
+    uint64_t mem = cfg->mem_limit != 0 ? cfg->mem_limit
+                                        : 64ull * 1024 * 1024;
+    bool exists = false;
+    off_t size = 0;
+    store_rc_e rc;
 
     *out = NULL;
-    if (cfg->err != NULL && cfg->errlen > 0) {
-        cfg->err[0] = '\0';
-    }
-    if (cfg->data_dir == NULL || cfg->data_dir[0] == '\0') {
-        persist_err(cfg, "no data directory given (--data-dir)");
-        return STORE_EINVAL;
-    }
-    s = calloc(1, sizeof(*s));
-    if (s == NULL) {
+    if (b == NULL) {
         return STORE_ENOMEM;
     }
-    s->lock_fd = -1;
-    s->dir = strdup(cfg->data_dir);
-    if (s->dir == NULL || !sync_objects_init(cfg, s, &st)) {
-        goto fail;
-    }
-    s->mem_limit = cfg->mem_limit != 0 ? cfg->mem_limit
-                                        : LM_DEFAULT_MEM_LIMIT;
-    s->item_max = cfg->item_max != 0 ? cfg->item_max : LM_DEFAULT_ITEM_MAX;
-    s->no_evict = cfg->no_evict;
+    b->host = host;
+    b->data_fd = -1;
+    b->snap_fd = -1;
     /*
      * Map: one byte of item data can take about two of pages (half-full
      * B-tree pages, overflow pages rounded up) and copy-on-write keeps
-     * the last snapshot's pages too; the file only grows as used.
+     * the last snapshots' pages too; the file only grows as used.
      */
-    s->map_size = s->mem_limit * 3 + LM_MAP_HEADROOM;
-    atomic_init(&s->now_seen, cfg->now);
-    if (s->item_max < LM_ITEM_MAX_LOWEST || s->item_max > LM_ITEM_MAX_HIGHEST ||
-        s->ps.mode > STORE_SYNC_NONE) {
-        persist_err(cfg, "bad item size limit or sync mode");
-        rc = STORE_EINVAL;
-        goto fail;
+    b->map_size = mem * 3 + LM_MAP_HEADROOM;
+    b->dir = strdup(dir);
+    b->data_path = b->dir != NULL ? path_join(dir, LM_DATA_FILE) : NULL;
+    b->snap_path = b->dir != NULL ? path_join(dir, LM_SNAP_FILE) : NULL;
+    if (b->data_path == NULL || b->snap_path == NULL) {
+        lm_free(b);
+        return STORE_ENOMEM;
     }
-    if ((rc = persist_make_dir(cfg, s->dir)) != STORE_OK ||
-        (rc = persist_lock_dir(cfg, s->dir, &s->lock_fd)) != STORE_OK ||
-        (rc = env_open(cfg, s)) != STORE_OK ||
-        (rc = meta_load(cfg, s)) != STORE_OK) {
-        goto fail;
+    if ((rc = check_dir(cfg, b, &exists, &size)) != STORE_OK ||
+        (exists && (rc = lm_snap_restore(cfg, b)) != STORE_OK) ||
+        (exists && (rc = walk(cfg, b, size)) != STORE_OK) ||
+        (rc = env_open(cfg, b)) != STORE_OK ||
+        (rc = meta_load(cfg, b, m)) != STORE_OK) {
+        lm_free(b);
+        return rc;
     }
-    atomic_init(&s->flush_cas, s->meta.flush_cas);
-    atomic_init(&s->flush_time, s->meta.flush_time);
-    atomic_init(&s->cas_max, s->meta.cas_max);
-    atomic_init(&s->bytes, s->meta.bytes);
-    rc = STORE_ENOMEM;
-    if (!persist_sync_start(&s->ps) || !store_lmdb_maint_start(s)) {
-        persist_err(cfg, "cannot start the lmdb backend's threads");
-        goto fail;
+    if (!exists) {
+        sync_dir(b->dir);
     }
-    *out = s;
+    if ((rc = lm_snap_start(cfg, b)) != STORE_OK) {
+        lm_free(b);
+        return rc;
+    }
+    *out = b;
     return STORE_OK;
-fail:
-    lm_destroy(s, &st);
-    return rc;
 }
 
-void
-store_lmdb_close(struct store **sp)
+static void
+lm_close(struct kv_be *b, const struct kv_meta *m, bool clean)
 {
-    struct store *s = *sp;
-    struct open_state st = { 4 };
-
-    if (s == NULL) {
-        return;
+    (void)m;   /* every commit wrote it */
+    if (b->wtxn != NULL) {
+        mdb_txn_abort(b->wtxn);
+        b->wtxn = NULL;
     }
-    lm_destroy(s, &st);
-    *sp = NULL;
+    lm_snap_close(b, clean);
+    lm_free(b);
 }
+
+const struct kv_backend lm_backend = {
+    .name = "lmdb",
+    .file = LM_DATA_FILE,
+    /* Without a durable snapshot now and then, a power loss could leave
+     * LMDB's newest meta page ahead of its data: sync once a second. */
+    .none_sync_ms = 1000,
+    /* Pages freed after the durable snapshot are not reused until the
+     * next one: sync after this many commits, and hold writers at eight
+     * times as many, so the file stays within the map. */
+    .sync_pressure = 1024,
+    .open = lm_open,
+    .close = lm_close,
+    .sync = lm_sync,
+    .rd_open = lm_rd_open,
+    .rd_close = lm_rd_close,
+    .rd_get = lm_rd_get,
+    .rd_end = lm_rd_end,
+    .rd_idle = NULL,
+    .rd_scan = lm_rd_scan,
+    .rd_expired = NULL,
+    .begin = lm_begin,
+    .load = lm_load,
+    .put = lm_put,
+    .put_rec = lm_put_rec,
+    .del = lm_del,
+    .window = lm_window,
+    .commit = lm_commit,
+    .abort = lm_abort,
+    .tick = NULL,
+    .stats = lm_stats,
+};
+
+static store_rc_e
+store_lmdb_open(const struct store_cfg *cfg, struct store **out)
+{
+    return kv_open(&lm_backend, cfg, out);
+}
+
+const struct store_ops store_lmdb_ops = KV_STORE_OPS("lmdb",
+                                                     store_lmdb_open);

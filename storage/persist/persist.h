@@ -64,7 +64,10 @@ typedef int (*persist_fsync_fn)(void *arg);
 struct persist_sync {
     /* ro after init */
     store_sync_e        mode;
+    store_sync_e        shown;       /* the mode stats name (the user's) */
     uint32_t            interval_ms;
+    uint64_t            pressure;    /* commits that make a sync due even
+                                      * before the interval; 0 = none */
     persist_fsync_fn    fsync;
     void               *arg;
     _Atomic uint64_t   *seq;         /* the owner's last commit */
@@ -119,8 +122,23 @@ void persist_emit_u64(store_emit_fn emit, void *arg, const char *name,
 void persist_sync_stats(struct persist_sync *ps, const char *prefix,
                         store_emit_fn emit, void *arg);
 
-/* Wakes the syncer after a commit (always mode); any thread. */
+/* Wakes the syncer; any thread. */
 void persist_sync_kick(struct persist_sync *ps);
+
+/*
+ * After the commit numbered seq: wakes the syncer when it is due now
+ * (always mode, or pressure commits behind); any thread.
+ */
+void persist_sync_commit(struct persist_sync *ps, uint64_t seq);
+
+/* Commits this many times the pressure behind the syncer wait for it. */
+#define PERSIST_THROTTLE 8u
+
+/*
+ * Before a write: waits while commits run too far ahead of the syncer
+ * (PERSIST_THROTTLE x pressure). Holding no backend lock.
+ */
+void persist_sync_throttle(struct persist_sync *ps);
 
 /*
  * After a write whose commit is seq: makes the caller wait for durability

@@ -141,15 +141,17 @@ sync_main(void *arg)
 
     pthread_mutex_lock(&ps->lock);
     for (;;) {
-        bool dirty = atomic_load_explicit(ps->seq, memory_order_acquire) >
-                     atomic_load_explicit(&ps->synced_seq,
-                                          memory_order_relaxed) ||
-                     ps->nwaits > 0;
+        uint64_t behind = atomic_load_explicit(ps->seq,
+                                               memory_order_acquire) -
+                          atomic_load_explicit(&ps->synced_seq,
+                                               memory_order_relaxed);
+        bool dirty = behind > 0 || ps->nwaits > 0;
         uint64_t now = persist_mono_usec();
         struct timespec ts;
 
         if (dirty && (ps->mode == STORE_SYNC_ALWAYS || ps->stop ||
-                      now - last >= interval)) {
+                      now - last >= interval ||
+                      (ps->pressure != 0 && behind >= ps->pressure))) {
             last = now;
             sync_once(ps, &tk);
             continue;
@@ -177,6 +179,7 @@ persist_sync_init(struct persist_sync *ps, store_sync_e mode,
 {
     memset(ps, 0, sizeof(*ps));
     ps->mode = mode;
+    ps->shown = mode;
     ps->interval_ms = interval_ms;
     ps->fsync = fsync;
     ps->arg = arg;
@@ -232,6 +235,45 @@ persist_sync_stop(struct persist_sync *ps)
     pthread_mutex_unlock(&ps->lock);
     pthread_join(ps->thread, NULL);
     ps->on = false;
+}
+
+void
+persist_sync_commit(struct persist_sync *ps, uint64_t seq)
+{
+    uint64_t synced = atomic_load_explicit(&ps->synced_seq,
+                                           memory_order_relaxed);
+
+    /* Behind by the pressure: a kick every 64 commits until it syncs. */
+    if (ps->mode == STORE_SYNC_ALWAYS ||
+        (ps->pressure != 0 && ps->on && seq >= synced + ps->pressure &&
+         seq % 64 == 0)) {
+        persist_sync_kick(ps);
+    }
+}
+
+void
+persist_sync_throttle(struct persist_sync *ps)
+{
+    uint64_t seq;
+
+    if (ps->pressure == 0 || !ps->on) {
+        return;
+    }
+    seq = atomic_load_explicit(ps->seq, memory_order_acquire);
+    if (atomic_load_explicit(&ps->synced_seq, memory_order_acquire) +
+        PERSIST_THROTTLE * ps->pressure >= seq) {
+        return;
+    }
+    /* Wait for the syncer to catch up halfway, so commits run in bursts
+     * rather than one wake-up each. (synced_seq may pass seq meanwhile.) */
+    pthread_mutex_lock(&ps->lock);
+    pthread_cond_signal(&ps->cond);
+    while (!ps->stop &&
+           atomic_load_explicit(&ps->synced_seq, memory_order_relaxed) +
+           PERSIST_THROTTLE * ps->pressure / 2 < seq) {
+        pthread_cond_wait(&ps->synced_cond, &ps->lock);
+    }
+    pthread_mutex_unlock(&ps->lock);
 }
 
 void
@@ -313,7 +355,7 @@ persist_sync_stats(struct persist_sync *ps, const char *prefix,
     uint64_t now;
 
     snprintf(name, sizeof(name), "%s_sync", prefix);
-    emit(arg, name, sync_name(ps->mode));
+    emit(arg, name, sync_name(ps->shown));
     snprintf(name, sizeof(name), "%s_sync_interval_ms", prefix);
     persist_emit_u64(emit, arg, name, ps->interval_ms);
     snprintf(name, sizeof(name), "%s_sync_count", prefix);

@@ -1,17 +1,46 @@
 /*
- * Opening and closing a sqlite store, and the connection and statement
- * helpers every file of the backend uses. open creates the data directory
- * if it is missing (mode 0700), takes an exclusive flock on DIR/stashd.lock
- * (the same file lmdb locks, so two backends cannot share a directory
- * either) before any database file is touched, and then looks at
- * DIR/stashd.db without writing: a file that is not SQLite, an SQLite
- * database that is not a stashd store (no meta table, another magic) or a
- * newer format is refused with a message naming it, and is never opened
- * for writing. Only a missing file, an empty one, or a database with no
- * tables at all becomes a new store. close stops the threads, makes the WAL
- * durable, and closes the writer last so that SQLite folds the WAL into
- * the database file (synchronous=NORMAL for that checkpoint) and removes
- * it, leaving one file for the sqlite3 shell.
+ * The sqlite adapter (store_sqlite_ops): memcached items in one SQLite
+ * database per data directory, in WAL mode, surviving restarts, crashes
+ * and power loss, readable with the sqlite3 shell (SCHEMA.md). This file
+ * opens and closes it and holds the connection and statement helpers.
+ *
+ * Design, and why:
+ * - Layout: DIR/stashd.db (+ -wal, -shm while open), DIR/stashd.lock (the
+ *   engine's flock, the same name lmdb uses). Table items(key BLOB PRIMARY
+ *   KEY, value, flags, exptime, cas, stored, atime, fetched, sum) WITHOUT
+ *   ROWID, so a get is one B-tree search; a partial index on exptime for
+ *   the sweeper; a one-row table meta (magic, format, flush CAS and time,
+ *   a CAS ceiling, item count, stored bytes, clean flag), rewritten only
+ *   in the commits that need it (the engine says when), so most commits
+ *   write one page. close writes exact counts and clean = 1, so a clean
+ *   restart needs no scan; after a crash open counts items and bytes again
+ *   (one pass that reads no values). The first commit after open marks
+ *   the row not clean; open itself writes nothing, so a store on a full
+ *   disk still opens and serves reads.
+ * - Open refuses, never overwrites: a file that is not SQLite, a database
+ *   without our meta row, another format, or an lmdb store in the same
+ *   directory is refused with a message naming it, and is never opened
+ *   for writing. Only a missing file, an empty one, or a database with no
+ *   tables at all becomes a new store.
+ * - Connections: one per reader (SQLITE_OPEN_NOMUTEX: a connection is
+ *   only ever used by one thread at a time; the library itself must be
+ *   threadsafe, checked at open), one writer. Every statement is prepared
+ *   once per connection and reset after each use.
+ * - Durability, the --sync mapping: the writer runs synchronous=OFF and
+ *   wal_autocheckpoint=0, so a COMMIT writes its WAL frames to the page
+ *   cache (which survives kill -9) and never fsyncs or checkpoints on the
+ *   request path. The syncer fdatasyncs the WAL file (sq_sync), which is
+ *   what synchronous=FULL would do in every COMMIT, once for all commits
+ *   made before it started. A power loss can only cut the WAL short:
+ *   SQLite's recovery keeps the frames up to the last whole commit, whose
+ *   checksums chain, and drops the rest. Checkpoints run on the
+ *   maintenance thread's connection, which is synchronous=NORMAL in every
+ *   mode: SQLite then fsyncs the WAL before copying it into the database
+ *   and the database before the WAL is reused, so the database file is
+ *   never ahead of a durable WAL (sq_maint.c).
+ * - max_page_count bounds the file (3 x -m + 64 MB): SQLITE_FULL, from it
+ *   or from a full disk, is "no room" for that write.
+ * - No global state: everything is in struct kv_be.
  */
 #include "storage/sqlite/sq.h"
 
@@ -20,9 +49,12 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "storage/persist/persist.h"
 
 #define SQ_BUSY_MS_WRITER  1000   /* another process writing: then EIO */
 #define SQ_BUSY_MS_READER  2000
@@ -31,47 +63,41 @@
 #define SQ_WAL_MAX         (64ll * 1024 * 1024)
 #define SQ_WRITER_CACHE_KB 16384
 
+#define SQ_COLS "cas, flags, exptime, stored, atime, fetched, sum"
+
 /*
- * Every statement, by id. Columns 0-5 of a row are always cas, flags,
- * exptime, stored, atime, fetched (store_sqlite_rec); keys and values are
+ * Every statement, by id. Columns 0-6 of a row are always cas, flags,
+ * exptime, stored, atime, fetched, sum (sq_rec); keys and values are
  * bound as BLOBs, so they compare bytewise.
  */
 static const char *const sql_text[SQ_NSQL] = {
-    [SQ_GET] = "SELECT cas, flags, exptime, stored, atime, fetched, value "
-               "FROM items WHERE key = ?1",
-    [SQ_EXPIRED] = "SELECT key, cas FROM items "
+    [SQ_GET] = "SELECT " SQ_COLS ", value FROM items WHERE key = ?1",
+    [SQ_EXPIRED] = "SELECT " SQ_COLS ", key, length(value) FROM items "
                    "WHERE exptime != 0 AND exptime <= ?1 "
                    "ORDER BY exptime LIMIT ?2",
-    [SQ_SCAN] = "SELECT cas, flags, exptime, stored, atime, fetched, key "
-                "FROM items WHERE key > ?1 ORDER BY key LIMIT ?2",
-    [SQ_SCAN0] = "SELECT cas, flags, exptime, stored, atime, fetched, key "
-                 "FROM items ORDER BY key LIMIT ?2",
+    [SQ_SCAN] = "SELECT " SQ_COLS ", key, length(value) FROM items "
+                "WHERE key >= ?1 ORDER BY key LIMIT ?2",
+    [SQ_SCAN0] = "SELECT " SQ_COLS ", key, length(value) FROM items "
+                 "ORDER BY key LIMIT ?2",
     [SQ_PAGES] = "PRAGMA page_count",
     [SQ_FREEPAGES] = "PRAGMA freelist_count",
     [SQ_RBEGIN] = "BEGIN",
     [SQ_BEGIN] = "BEGIN IMMEDIATE",
     [SQ_COMMIT] = "COMMIT",
     [SQ_ROLLBACK] = "ROLLBACK",
-    [SQ_LOAD] = "SELECT cas, flags, exptime, stored, atime, fetched, "
-                "length(value) FROM items WHERE key = ?1",
-    [SQ_LOADV] = "SELECT cas, flags, exptime, stored, atime, fetched, value "
-                 "FROM items WHERE key = ?1",
+    [SQ_LOAD] = "SELECT " SQ_COLS ", length(value) FROM items "
+                "WHERE key = ?1",
+    [SQ_LOADV] = "SELECT " SQ_COLS ", value FROM items WHERE key = ?1",
     [SQ_PUT] = "INSERT OR REPLACE INTO items (key, value, flags, exptime, "
-               "cas, stored, atime, fetched) "
-               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+               "cas, stored, atime, fetched, sum) "
+               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [SQ_PUTREC] = "UPDATE items SET flags = ?2, exptime = ?3, cas = ?4, "
+                  "stored = ?5, atime = ?6, fetched = ?7, sum = ?8 "
+                  "WHERE key = ?1",
     [SQ_DEL] = "DELETE FROM items WHERE key = ?1",
-    [SQ_TOUCH] = "UPDATE items SET exptime = ?2, atime = ?3, "
-                 "fetched = fetched | ?4 WHERE key = ?1",
-    [SQ_REFRESH] = "UPDATE items SET atime = ?3, fetched = 1 "
-                   "WHERE key = ?1 AND cas = ?2 AND atime <= ?4",
     [SQ_META] = "UPDATE meta SET flush_cas = ?1, flush_time = ?2, "
                 "cas_max = ?3, items = ?4, bytes = ?5, clean = ?6 "
                 "WHERE id = 1",
-    [SQ_WINDOW] = "SELECT cas, flags, exptime, stored, atime, fetched, key, "
-                  "length(value) FROM items WHERE key >= ?1 "
-                  "ORDER BY key LIMIT ?2",
-    [SQ_WINDOW0] = "SELECT cas, flags, exptime, stored, atime, fetched, "
-                   "key, length(value) FROM items ORDER BY key LIMIT ?2",
 };
 
 /* The schema (SCHEMA.md explains it); %u is the creation time. */
@@ -96,7 +122,8 @@ static const char schema_fmt[] =
     "    cas     INTEGER NOT NULL,\n"
     "    stored  INTEGER NOT NULL,\n"
     "    atime   INTEGER NOT NULL,\n"
-    "    fetched INTEGER NOT NULL DEFAULT 0\n"
+    "    fetched INTEGER NOT NULL DEFAULT 0,\n"
+    "    sum     INTEGER NOT NULL\n"
     ") WITHOUT ROWID;\n"
     "CREATE INDEX items_exptime ON items (exptime) WHERE exptime != 0;\n"
     "INSERT INTO meta VALUES (1, '" SQ_MAGIC "', %d, %u, 0, 0, 0, 0, 0, 1);"
@@ -105,7 +132,7 @@ static const char schema_fmt[] =
     "PRAGMA user_version = %d;\n";
 
 int
-store_sqlite_busy(void *arg, int tries)
+sq_busy(void *arg, int tries)
 {
     int budget_ms = (int)(intptr_t)arg;
     struct timespec ts = { 0, 0 };
@@ -119,8 +146,9 @@ store_sqlite_busy(void *arg, int tries)
     return 1;
 }
 
-store_rc_e
-store_sqlite_rc(int rc)
+/* An SQLite result as open reports it. */
+static store_rc_e
+sq_store_rc(int rc)
 {
     switch (rc & 0xff) {
     case SQLITE_OK:
@@ -140,36 +168,8 @@ store_sqlite_rc(int rc)
     }
 }
 
-void
-store_sqlite_note_err(struct store *s, int rc)
-{
-    switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-        sq_inc(&s->ctr.busy, 1);
-        break;
-    case SQLITE_FULL:
-        sq_inc(&s->ctr.full, 1);
-        break;
-    default:
-        sq_inc(&s->ctr.ioerr, 1);
-        break;
-    }
-}
-
-void
-store_sqlite_rec(sqlite3_stmt *st, int i, struct sq_rec *r)
-{
-    r->cas = (uint64_t)sqlite3_column_int64(st, i);
-    r->flags = (uint32_t)sqlite3_column_int64(st, i + 1);
-    r->exptime = (uint32_t)sqlite3_column_int64(st, i + 2);
-    r->stored = (uint32_t)sqlite3_column_int64(st, i + 3);
-    r->atime = (uint32_t)sqlite3_column_int64(st, i + 4);
-    r->fetched = sqlite3_column_int64(st, i + 5) != 0;
-}
-
 sqlite3_stmt *
-store_sqlite_stmt(struct sq_conn *c, sq_sql_e id)
+sq_stmt(struct sq_conn *c, sq_sql_e id)
 {
     if (c->st[id] == NULL &&
         sqlite3_prepare_v3(c->db, sql_text[id], -1, SQLITE_PREPARE_PERSISTENT,
@@ -180,7 +180,7 @@ store_sqlite_stmt(struct sq_conn *c, sq_sql_e id)
 }
 
 void
-store_sqlite_disconnect(struct sq_conn *c)
+sq_disconnect(struct sq_conn *c)
 {
     if (c->db == NULL) {
         return;
@@ -228,7 +228,7 @@ query_text(sqlite3 *db, const char *sql, char *out, size_t cap)
 }
 
 int
-store_sqlite_connect(struct store *s, struct sq_conn *c, bool writer,
+sq_connect(struct kv_be *b, struct sq_conn *c, bool writer,
                      bool create, char *msg, size_t msglen)
 {
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX |
@@ -237,17 +237,17 @@ store_sqlite_connect(struct store *s, struct sq_conn *c, bool writer,
     int rc;
 
     memset(c, 0, sizeof(*c));
-    rc = sqlite3_open_v2(s->db_path, &c->db, flags, NULL);
+    rc = sqlite3_open_v2(b->db_path, &c->db, flags, NULL);
     if (rc != SQLITE_OK) {
         if (msg != NULL && msglen > 0) {
             snprintf(msg, msglen, "%s", c->db != NULL ? sqlite3_errmsg(c->db)
                                                       : sqlite3_errstr(rc));
         }
-        store_sqlite_disconnect(c);
+        sq_disconnect(c);
         return rc;
     }
     sqlite3_extended_result_codes(c->db, 1);
-    sqlite3_busy_handler(c->db, store_sqlite_busy,
+    sqlite3_busy_handler(c->db, sq_busy,
                          (void *)(intptr_t)(writer ? SQ_BUSY_MS_WRITER
                                                    : SQ_BUSY_MS_READER));
     if (writer) {
@@ -265,7 +265,7 @@ store_sqlite_connect(struct store *s, struct sq_conn *c, bool writer,
                 snprintf(msg, msglen, "cannot switch to WAL mode: %s",
                          rc != SQLITE_OK ? sqlite3_errmsg(c->db) : mode);
             }
-            store_sqlite_disconnect(c);
+            sq_disconnect(c);
             return rc != SQLITE_OK ? rc : SQLITE_ERROR;
         }
         rc = run_sql(c->db, "PRAGMA synchronous = OFF;"
@@ -281,7 +281,7 @@ store_sqlite_connect(struct store *s, struct sq_conn *c, bool writer,
                      "PRAGMA wal_autocheckpoint = 0;", msg, msglen);
     }
     if (rc != SQLITE_OK) {
-        store_sqlite_disconnect(c);
+        sq_disconnect(c);
     }
     return rc;
 }
@@ -346,7 +346,7 @@ peek(sqlite3 *db, const char *sql, sqlite3_int64 *num, char *text,
  * it a store), or anything else (refuse, naming the file).
  */
 static store_rc_e
-inspect(const struct store_cfg *cfg, struct store *s, bool *fresh)
+inspect(const struct store_cfg *cfg, struct kv_be *b, bool *fresh)
 {
     sqlite3 *db = NULL;
     sqlite3_int64 n = 0;
@@ -354,20 +354,20 @@ inspect(const struct store_cfg *cfg, struct store *s, bool *fresh)
     char magic[32];
     int rc;
 
-    rc = sqlite3_open_v2(s->db_path, &db,
+    rc = sqlite3_open_v2(b->db_path, &db,
                          SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK) {
         (void)sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1,
                                 NULL);
-        sqlite3_busy_handler(db, store_sqlite_busy,
+        sqlite3_busy_handler(db, sq_busy,
                              (void *)(intptr_t)SQ_BUSY_MS_READER);
         rc = peek(db, "SELECT count(*), NULL FROM sqlite_master", &n, NULL,
                   0);
     }
     if (rc != SQLITE_OK) {
-        store_rc_e src = store_sqlite_rc(rc);
+        store_rc_e src = sq_store_rc(rc);
 
-        persist_err(cfg, "%s: %s%s", s->db_path,
+        persist_err(cfg, "%s: %s%s", b->db_path,
                     db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc),
                     src == STORE_ECORRUPT ? "; refusing to touch it"
                                           : "");
@@ -382,7 +382,7 @@ inspect(const struct store_cfg *cfg, struct store *s, bool *fresh)
         if (rc != SQLITE_OK || (appid != 0 && appid != SQ_APP_ID)) {
             persist_err(cfg, "%s: an SQLite database of another "
                         "application (id %lld); refusing to touch it",
-                        s->db_path, (long long)appid);
+                        b->db_path, (long long)appid);
             return STORE_ECORRUPT;
         }
         *fresh = true;
@@ -392,7 +392,7 @@ inspect(const struct store_cfg *cfg, struct store *s, bool *fresh)
               sizeof(magic));
     if (rc != SQLITE_OK || strcmp(magic, SQ_MAGIC) != 0) {
         persist_err(cfg, "%s: an SQLite database that is not a stashd "
-                    "store (%s); refusing to touch it", s->db_path,
+                    "store (%s); refusing to touch it", b->db_path,
                     rc == SQLITE_NOTFOUND ? "no meta row"
                     : rc != SQLITE_OK ? sqlite3_errmsg(db)
                                       : "wrong magic in meta");
@@ -402,7 +402,7 @@ inspect(const struct store_cfg *cfg, struct store *s, bool *fresh)
     sqlite3_close(db);
     if (n != SQ_FORMAT) {
         persist_err(cfg, "%s: stashd store format %lld, this stashd "
-                    "reads format %d; refusing to touch it", s->db_path,
+                    "reads format %d; refusing to touch it", b->db_path,
                     (long long)n, SQ_FORMAT);
         return STORE_ECORRUPT;
     }
@@ -412,41 +412,42 @@ inspect(const struct store_cfg *cfg, struct store *s, bool *fresh)
 
 /* Is there a database to look at, or something that is not ours? */
 static store_rc_e
-check_dir(const struct store_cfg *cfg, struct store *s, bool *fresh)
+check_dir(const struct store_cfg *cfg, struct kv_be *b, bool *fresh)
 {
     char path[4096];
     struct stat st;
     store_rc_e rc;
 
-    snprintf(path, sizeof(path), "%s/%s", s->dir, SQ_LMDB_FILE);
+    snprintf(path, sizeof(path), "%s/%s", b->dir, SQ_LMDB_FILE);
     if (stat(path, &st) == 0) {
-        persist_err(cfg, "%s: the directory holds an lmdb store; the "
+        persist_err(cfg, "%s: the directory holds an lmdb store (start "
+                    "with --backend lmdb, or pick another --data-dir); the "
                     "sqlite backend will not mix with it", path);
         return STORE_ECORRUPT;
     }
-    if (stat(s->db_path, &st) != 0) {
+    if (stat(b->db_path, &st) != 0) {
         if (errno == ENOENT) {
             *fresh = true;
             return STORE_OK;
         }
-        persist_err(cfg, "%s: %s", s->db_path, strerror(errno));
+        persist_err(cfg, "%s: %s", b->db_path, strerror(errno));
         return STORE_EIO;
     }
     if (!S_ISREG(st.st_mode)) {
         persist_err(cfg, "%s: not a regular file; refusing to touch it",
-                    s->db_path);
+                    b->db_path);
         return STORE_ECORRUPT;
     }
-    rc = check_header(cfg, s->db_path, st.st_size);
+    rc = check_header(cfg, b->db_path, st.st_size);
     if (rc != STORE_OK) {
         return rc;
     }
-    return inspect(cfg, s, fresh);
+    return inspect(cfg, b, fresh);
 }
 
 /* A new store: the schema and the meta row, in one synced transaction. */
 static store_rc_e
-create_schema(const struct store_cfg *cfg, struct store *s)
+create_schema(const struct store_cfg *cfg, struct kv_be *b)
 {
     char sql[sizeof(schema_fmt) + 64];
     char msg[256] = "";
@@ -454,26 +455,26 @@ create_schema(const struct store_cfg *cfg, struct store *s)
 
     snprintf(sql, sizeof(sql), schema_fmt, SQ_FORMAT, (unsigned)cfg->now,
              SQ_APP_ID, SQ_FORMAT);
-    rc = run_sql(s->w.db, "PRAGMA synchronous = FULL", msg, sizeof(msg));
+    rc = run_sql(b->w.db, "PRAGMA synchronous = FULL", msg, sizeof(msg));
     if (rc == SQLITE_OK) {
-        rc = run_sql(s->w.db, "BEGIN IMMEDIATE", msg, sizeof(msg));
+        rc = run_sql(b->w.db, "BEGIN IMMEDIATE", msg, sizeof(msg));
     }
     if (rc == SQLITE_OK) {
-        rc = run_sql(s->w.db, sql, msg, sizeof(msg));
+        rc = run_sql(b->w.db, sql, msg, sizeof(msg));
         if (rc == SQLITE_OK) {
-            rc = run_sql(s->w.db, "COMMIT", msg, sizeof(msg));
+            rc = run_sql(b->w.db, "COMMIT", msg, sizeof(msg));
         }
-        if (rc != SQLITE_OK && !sqlite3_get_autocommit(s->w.db)) {
-            (void)run_sql(s->w.db, "ROLLBACK", NULL, 0);
+        if (rc != SQLITE_OK && !sqlite3_get_autocommit(b->w.db)) {
+            (void)run_sql(b->w.db, "ROLLBACK", NULL, 0);
         }
     }
     if (rc == SQLITE_OK) {
-        rc = run_sql(s->w.db, "PRAGMA synchronous = OFF", msg, sizeof(msg));
+        rc = run_sql(b->w.db, "PRAGMA synchronous = OFF", msg, sizeof(msg));
     }
     if (rc != SQLITE_OK) {
-        persist_err(cfg, "%s: cannot create the store: %s", s->db_path,
+        persist_err(cfg, "%s: cannot create the store: %s", b->db_path,
                     msg);
-        return store_sqlite_rc(rc) == STORE_ENOMEM ? STORE_ENOMEM
+        return sq_store_rc(rc) == STORE_ENOMEM ? STORE_ENOMEM
                                                    : STORE_EIO;
     }
     return STORE_OK;
@@ -484,77 +485,67 @@ create_schema(const struct store_cfg *cfg, struct store *s)
  * them again, one pass over the table (length() reads no value).
  */
 static store_rc_e
-recount(const struct store_cfg *cfg, struct store *s)
+recount(const struct store_cfg *cfg, struct kv_be *b, struct kv_meta *m)
 {
     static const char sql[] = "SELECT count(*), coalesce(sum(length(key) + "
                               "length(value)), 0) FROM items";
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->w.db, sql, -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(b->w.db, sql, -1, &st, NULL);
 
     if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        s->meta.items = (uint64_t)sqlite3_column_int64(st, 0);
-        s->meta.bytes = (uint64_t)sqlite3_column_int64(st, 1) +
-                        SQ_ITEM_OVERHEAD * s->meta.items;
+        m->items = (uint64_t)sqlite3_column_int64(st, 0);
+        m->bytes = (uint64_t)sqlite3_column_int64(st, 1) +
+                   KV_ITEM_OVERHEAD * m->items;
         rc = SQLITE_OK;
     }
     if (rc != SQLITE_OK) {
-        persist_err(cfg, "%s: cannot count the items: %s", s->db_path,
-                    sqlite3_errmsg(s->w.db));
+        persist_err(cfg, "%s: cannot count the items: %s", b->db_path,
+                    sqlite3_errmsg(b->w.db));
     }
     sqlite3_finalize(st);
-    return store_sqlite_rc(rc);
+    return sq_store_rc(rc);
 }
 
 /* Reads the meta row through the writer and checks the schema. */
 static store_rc_e
-load_meta(const struct store_cfg *cfg, struct store *s)
+load_meta(const struct store_cfg *cfg, struct kv_be *b, struct kv_meta *m)
 {
     static const char sql[] = "SELECT flush_cas, flush_time, cas_max, "
                               "items, bytes, created, clean FROM meta "
                               "WHERE id = 1";
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->w.db, sql, -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(b->w.db, sql, -1, &st, NULL);
     bool clean;
-    store_rc_e src;
 
     if (rc == SQLITE_OK) {
         rc = sqlite3_step(st);
     }
     if (rc != SQLITE_ROW) {
         persist_err(cfg, "%s: unreadable meta row: %s; refusing to "
-                    "touch it", s->db_path, sqlite3_errmsg(s->w.db));
+                    "touch it", b->db_path, sqlite3_errmsg(b->w.db));
         sqlite3_finalize(st);
         return (rc & 0xff) == SQLITE_BUSY ? STORE_EIO : STORE_ECORRUPT;
     }
-    s->meta.flush_cas = (uint64_t)sqlite3_column_int64(st, 0);
-    s->meta.flush_time = (uint32_t)sqlite3_column_int64(st, 1);
-    s->meta.cas_max = (uint64_t)sqlite3_column_int64(st, 2);
-    s->meta.items = (uint64_t)sqlite3_column_int64(st, 3);
-    s->meta.bytes = (uint64_t)sqlite3_column_int64(st, 4);
-    s->meta.created = (uint32_t)sqlite3_column_int64(st, 5);
+    memset(m, 0, sizeof(*m));
+    m->flush_cas = (uint64_t)sqlite3_column_int64(st, 0);
+    m->flush_time = (uint32_t)sqlite3_column_int64(st, 1);
+    m->cas_max = (uint64_t)sqlite3_column_int64(st, 2);
+    m->items = (uint64_t)sqlite3_column_int64(st, 3);
+    m->bytes = (uint64_t)sqlite3_column_int64(st, 4);
+    m->created = (uint32_t)sqlite3_column_int64(st, 5);
     clean = sqlite3_column_int64(st, 6) != 0;
     sqlite3_finalize(st);
     /* Every statement the writer will run: a wrong schema shows here. */
-    for (int id = SQ_BEGIN; id < SQ_NSQL; id++) {
-        if (store_sqlite_stmt(&s->w, (sq_sql_e)id) == NULL) {
+    for (int id = SQ_SCAN; id < SQ_NSQL; id++) {
+        if (id != SQ_PAGES && id != SQ_FREEPAGES && id != SQ_RBEGIN &&
+            sq_stmt(&b->w, (sq_sql_e)id) == NULL) {
             persist_err(cfg, "%s: not the stashd schema (%s); "
-                        "refusing to use it", s->db_path,
-                        sqlite3_errmsg(s->w.db));
+                        "refusing to use it", b->db_path,
+                        sqlite3_errmsg(b->w.db));
             return STORE_ECORRUPT;
         }
     }
-    if (!clean && (src = recount(cfg, s)) != STORE_OK) {
-        return src;
-    }
-    /* Running from now on: a lease on the next CAS block, not clean. */
-    rc = store_sqlite_meta_commit(s, s->meta.cas_max + SQ_CAS_LEASE, false);
-    if (rc != SQLITE_OK) {
-        persist_err(cfg, "%s: cannot write the meta row: %s",
-                    s->db_path, sqlite3_errmsg(s->w.db));
-        return store_sqlite_rc(rc) == STORE_ENOMEM ? STORE_ENOMEM
-                                                   : STORE_EIO;
-    }
-    return STORE_OK;
+    return clean ? STORE_OK : recount(cfg, b, m);
 }
 
 /*
@@ -563,172 +554,148 @@ load_meta(const struct store_cfg *cfg, struct store *s)
  * journal_size_limit trims it to that when it does, and max_page_count
  * bounds the file as lmdb's map does (-m three times over plus headroom,
  * never below what the file already holds): past it a write gets
- * SQLITE_FULL, i.e. out of memory.
+ * SQLITE_FULL, i.e. no room.
  */
 static store_rc_e
-set_limits(const struct store_cfg *cfg, struct store *s)
+set_limits(const struct store_cfg *cfg, struct kv_be *b)
 {
+    uint64_t mem = cfg->mem_limit != 0 ? cfg->mem_limit
+                                        : 64ull * 1024 * 1024;
+    uint32_t item_max = cfg->item_max != 0 ? cfg->item_max : 1024u * 1024u;
     char sql[160];
     char val[32];
     char msg[256] = "";
     uint64_t pages;
     uint64_t used;
 
-    if (!query_text(s->w.db, "PRAGMA page_size", val, sizeof(val)) ||
-        (s->page_size = (uint32_t)strtoul(val, NULL, 10)) == 0 ||
-        !query_text(s->w.db, "PRAGMA page_count", val, sizeof(val))) {
-        persist_err(cfg, "%s: %s", s->db_path, sqlite3_errmsg(s->w.db));
+    if (!query_text(b->w.db, "PRAGMA page_size", val, sizeof(val)) ||
+        (b->page_size = (uint32_t)strtoul(val, NULL, 10)) == 0 ||
+        !query_text(b->w.db, "PRAGMA page_count", val, sizeof(val))) {
+        persist_err(cfg, "%s: %s", b->db_path, sqlite3_errmsg(b->w.db));
         return STORE_EIO;
     }
     used = strtoull(val, NULL, 10);
     /* SQLite's largest BLOB (and row) bounds an item. */
-    if ((int64_t)s->item_max > sqlite3_limit(s->w.db, SQLITE_LIMIT_LENGTH,
-                                             -1)) {
+    if ((int64_t)item_max > sqlite3_limit(b->w.db, SQLITE_LIMIT_LENGTH, -1)) {
         persist_err(cfg, "item size limit %u above SQLite's largest "
-                    "blob (%d bytes)", s->item_max,
-                    sqlite3_limit(s->w.db, SQLITE_LIMIT_LENGTH, -1));
+                    "blob (%d bytes)", item_max,
+                    sqlite3_limit(b->w.db, SQLITE_LIMIT_LENGTH, -1));
         return STORE_EINVAL;
     }
-    pages = (s->mem_limit * 3 + SQ_PAGE_HEADROOM) / s->page_size;
-    if (pages < used + SQ_PAGE_HEADROOM / s->page_size) {
-        pages = used + SQ_PAGE_HEADROOM / s->page_size;
+    pages = (mem * 3 + SQ_PAGE_HEADROOM) / b->page_size;
+    if (pages < used + SQ_PAGE_HEADROOM / b->page_size) {
+        pages = used + SQ_PAGE_HEADROOM / b->page_size;
     }
     if (pages > 1073741823ull) {
         pages = 1073741823ull;
     }
-    s->wal_restart = (int64_t)(s->mem_limit / 4);
-    s->wal_restart = s->wal_restart < SQ_WAL_MIN ? SQ_WAL_MIN
-                     : s->wal_restart > SQ_WAL_MAX ? SQ_WAL_MAX
-                                                   : s->wal_restart;
+    b->wal_restart = (int64_t)(mem / 4);
+    b->wal_restart = b->wal_restart < SQ_WAL_MIN ? SQ_WAL_MIN
+                     : b->wal_restart > SQ_WAL_MAX ? SQ_WAL_MAX
+                                                   : b->wal_restart;
     snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit = %lld;"
-             "PRAGMA max_page_count = %llu;", (long long)s->wal_restart,
+             "PRAGMA max_page_count = %llu;", (long long)b->wal_restart,
              (unsigned long long)pages);
-    if (run_sql(s->w.db, sql, msg, sizeof(msg)) != SQLITE_OK) {
-        persist_err(cfg, "%s: %s", s->db_path, msg);
+    if (run_sql(b->w.db, sql, msg, sizeof(msg)) != SQLITE_OK) {
+        persist_err(cfg, "%s: %s", b->db_path, msg);
         return STORE_EIO;
     }
     return STORE_OK;
 }
 
 int
-store_sqlite_sync_wal(struct store *s)
+sq_sync(struct kv_be *b)
 {
-    if (s->wal_fd < 0) {
+    if (b->wal_fd < 0) {
         return 0;
     }
-    return fdatasync(s->wal_fd) == 0 ? 0 : errno;
+    return fdatasync(b->wal_fd) == 0 ? 0 : errno;
 }
 
-/* The syncer's hook: the WAL holds every commit, so syncing it is enough. */
-static int
-sq_fsync(void *arg)
+int
+sq_meta_put(struct kv_be *b, const struct kv_meta *m, bool clean)
 {
-    return store_sqlite_sync_wal(arg);
+    sqlite3_stmt *st = sq_stmt(&b->w, SQ_META);
+    int rc;
+
+    if (st == NULL) {
+        return SQLITE_ERROR;
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)m->flush_cas);
+    sqlite3_bind_int64(st, 2, m->flush_time);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)m->cas_max);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)m->items);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)m->bytes);
+    sqlite3_bind_int(st, 6, clean ? 1 : 0);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE) {
+        atomic_fetch_add_explicit(&b->meta_writes, 1, memory_order_relaxed);
+        return SQLITE_OK;
+    }
+    return rc;
 }
 
 /* Our own descriptor of the WAL (the syncer's) and of the directory. */
 static store_rc_e
-open_files(const struct store_cfg *cfg, struct store *s, bool fresh)
+open_files(const struct store_cfg *cfg, struct kv_be *b, bool fresh)
 {
-    s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC);
-    if (s->wal_fd < 0) {
-        persist_err(cfg, "%s: %s", s->wal_path, strerror(errno));
+    b->wal_fd = open(b->wal_path, O_RDONLY | O_CLOEXEC);
+    if (b->wal_fd < 0) {
+        persist_err(cfg, "%s: %s", b->wal_path, strerror(errno));
         return STORE_EIO;
     }
-    s->dir_fd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (s->dir_fd < 0) {
-        persist_err(cfg, "%s: %s", s->dir, strerror(errno));
+    b->dir_fd = open(b->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (b->dir_fd < 0) {
+        persist_err(cfg, "%s: %s", b->dir, strerror(errno));
         return STORE_EIO;
     }
     /* The new files' names, and what the WAL holds, on disk now. */
-    if (store_sqlite_sync_wal(s) != 0 || (fresh && fsync(s->dir_fd) != 0)) {
-        persist_err(cfg, "%s: cannot sync: %s", s->wal_path,
+    if (sq_sync(b) != 0 || (fresh && fsync(b->dir_fd) != 0)) {
+        persist_err(cfg, "%s: cannot sync: %s", b->wal_path,
                     strerror(errno));
         return STORE_EIO;
     }
     return STORE_OK;
 }
 
-/* What open set up, so that a failure undoes exactly that. */
-struct open_state {
-    unsigned locks;      /* how many of the sync objects below exist */
-};
-
 static void
-sq_destroy(struct store *s, const struct open_state *st)
+sq_free(struct kv_be *b)
 {
-    store_sqlite_maint_stop(s);
-    persist_sync_stop(&s->ps);
-    if (s->w.db != NULL) {
-        /*
-         * The exact counts and CAS for the next open, marked clean; made
-         * durable whatever the mode; then the writer, the last connection,
-         * checkpoints with NORMAL sync and removes the WAL.
-         */
-        if (s->opened && atomic_load(&s->wfail) == 0) {
-            (void)store_sqlite_meta_commit(s, s->meta.cas_max, true);
-        }
-        (void)store_sqlite_sync_wal(s);
-        (void)run_sql(s->w.db, "PRAGMA synchronous = NORMAL", NULL, 0);
-        store_sqlite_disconnect(&s->w);
+    if (b->w.db != NULL) {
+        sq_disconnect(&b->w);
     }
-    if (s->wal_fd >= 0) {
-        close(s->wal_fd);
+    if (b->wal_fd >= 0) {
+        close(b->wal_fd);
     }
-    if (s->dir_fd >= 0) {
-        (void)fsync(s->dir_fd);
-        close(s->dir_fd);
+    if (b->dir_fd >= 0) {
+        (void)fsync(b->dir_fd);
+        close(b->dir_fd);
     }
-    if (s->lock_fd >= 0) {
-        close(s->lock_fd);     /* releases the flock */
-    }
-    /* In reverse order of sync_objects_init. */
-    switch (st->locks) {
-    case 4:
-        persist_maint_deinit(&s->pm);
-        /* fall through */
-    case 3:
-        pthread_mutex_destroy(&s->hint_lock);
-        /* fall through */
-    case 2:
-        persist_sync_deinit(&s->ps);
-        /* fall through */
-    case 1:
-        persist_queue_deinit(&s->wq);
-        /* fall through */
-    default:
-        break;
-    }
-    store_sqlite_keybuf_deinit(&s->hints);
-    free(s->scratch);
-    free(s->wal_path);
-    free(s->db_path);
-    free(s->dir);
-    free(s);
+    free(b->scratch);
+    free(b->wal_path);
+    free(b->db_path);
+    free(b->dir);
+    free(b);
 }
 
-static bool
-sync_objects_init(const struct store_cfg *cfg, struct store *s,
-                  struct open_state *st)
+static void
+sq_close(struct kv_be *b, const struct kv_meta *m, bool clean)
 {
-    if (!persist_queue_init(&s->wq, store_sqlite_run_batch, s)) {
-        return false;
+    /*
+     * The exact counts and CAS for the next open, marked clean; made
+     * durable whatever the mode; then the writer, the last connection,
+     * checkpoints with NORMAL sync and removes the WAL.
+     */
+    if (clean && sq_begin(b) == KV_OK) {
+        if (sq_meta_put(b, m, true) != SQLITE_OK ||
+            run_sql(b->w.db, "COMMIT", NULL, 0) != SQLITE_OK) {
+            sq_abort(b);
+        }
     }
-    st->locks = 1;
-    if (!persist_sync_init(&s->ps, cfg->sync, cfg->sync_interval_ms,
-                           sq_fsync, s, &s->seq, &s->wfail)) {
-        return false;
-    }
-    st->locks = 2;
-    if (pthread_mutex_init(&s->hint_lock, NULL) != 0) {
-        return false;
-    }
-    st->locks = 3;
-    if (!persist_maint_init(&s->pm, SQ_TICK_MS, &s->now_seen)) {
-        return false;
-    }
-    st->locks = 4;
-    return true;
+    (void)sq_sync(b);
+    (void)run_sql(b->w.db, "PRAGMA synchronous = NORMAL", NULL, 0);
+    sq_free(b);
 }
 
 static char *
@@ -743,108 +710,92 @@ path_join(const char *dir, const char *name, const char *suffix)
     return p;
 }
 
-/* The configuration, checked and copied into s. */
 static store_rc_e
-take_cfg(const struct store_cfg *cfg, struct store *s)
+sq_open(const struct store_cfg *cfg, const char *dir,
+        const struct kv_host *host, struct kv_be **out, struct kv_meta *m)
 {
-    s->mem_limit = cfg->mem_limit != 0 ? cfg->mem_limit
-                                        : SQ_DEFAULT_MEM_LIMIT;
-    s->item_max = cfg->item_max != 0 ? cfg->item_max : SQ_DEFAULT_ITEM_MAX;
-    s->no_evict = cfg->no_evict;
-    if (sqlite3_threadsafe() == 0) {
-        persist_err(cfg, "this libsqlite3 is built without thread "
-                    "support (SQLITE_THREADSAFE=0)");
-        return STORE_EINVAL;
-    }
-    if (s->item_max < SQ_ITEM_MAX_LOWEST) {
-        persist_err(cfg, "item size limit %u below %u", s->item_max,
-                    SQ_ITEM_MAX_LOWEST);
-        return STORE_EINVAL;
-    }
-    if (s->ps.mode > STORE_SYNC_NONE) {
-        persist_err(cfg, "bad sync mode");
-        return STORE_EINVAL;
-    }
-    return STORE_OK;
-}
-
-store_rc_e
-store_sqlite_open(const struct store_cfg *cfg, struct store **out)
-{
-    struct open_state st = { 0 };
-    struct store *s;
+    struct kv_be *b = calloc(1, sizeof(*b));
     store_rc_e rc = STORE_ENOMEM;
     bool fresh = false;
     char msg[256] = "";
 
     *out = NULL;
-    if (cfg->err != NULL && cfg->errlen > 0) {
-        cfg->err[0] = '\0';
-    }
-    if (cfg->data_dir == NULL || cfg->data_dir[0] == '\0') {
-        persist_err(cfg, "no data directory given (--data-dir)");
-        return STORE_EINVAL;
-    }
-    s = calloc(1, sizeof(*s));
-    if (s == NULL) {
+    if (b == NULL) {
         return STORE_ENOMEM;
     }
-    s->lock_fd = -1;
-    s->wal_fd = -1;
-    s->dir_fd = -1;
-    s->dir = strdup(cfg->data_dir);
-    s->db_path = s->dir != NULL ? path_join(s->dir, SQ_DB_FILE, "") : NULL;
-    s->wal_path = s->dir != NULL ? path_join(s->dir, SQ_DB_FILE,
-                                             SQ_WAL_SUFFIX) : NULL;
-    if (s->wal_path == NULL || !sync_objects_init(cfg, s, &st)) {
+    b->host = host;
+    b->wal_fd = -1;
+    b->dir_fd = -1;
+    b->ckpt_behind = true;        /* a WAL left by a crash, say */
+    b->dir = strdup(dir);
+    b->db_path = b->dir != NULL ? path_join(dir, SQ_DB_FILE, "") : NULL;
+    b->wal_path = b->dir != NULL ? path_join(dir, SQ_DB_FILE, SQ_WAL_SUFFIX)
+                                 : NULL;
+    if (b->wal_path == NULL) {
         goto fail;
     }
-    atomic_init(&s->now_seen, cfg->now);
-    if ((rc = take_cfg(cfg, s)) != STORE_OK ||
-        (rc = persist_make_dir(cfg, s->dir)) != STORE_OK ||
-        (rc = persist_lock_dir(cfg, s->dir, &s->lock_fd)) != STORE_OK ||
-        (rc = check_dir(cfg, s, &fresh)) != STORE_OK) {
+    if (sqlite3_threadsafe() == 0) {
+        persist_err(cfg, "this libsqlite3 is built without thread "
+                    "support (SQLITE_THREADSAFE=0)");
+        rc = STORE_EINVAL;
         goto fail;
     }
-    if (store_sqlite_connect(s, &s->w, true, fresh, msg,
-                             sizeof(msg)) != SQLITE_OK) {
-        persist_err(cfg, "%s: %s", s->db_path, msg);
+    if ((rc = check_dir(cfg, b, &fresh)) != STORE_OK) {
+        goto fail;
+    }
+    if (sq_connect(b, &b->w, true, fresh, msg, sizeof(msg)) != SQLITE_OK) {
+        persist_err(cfg, "%s: %s", b->db_path, msg);
         rc = STORE_EIO;
         goto fail;
     }
-    if ((fresh && (rc = create_schema(cfg, s)) != STORE_OK) ||
-        (rc = load_meta(cfg, s)) != STORE_OK ||
-        (rc = set_limits(cfg, s)) != STORE_OK ||
-        (rc = open_files(cfg, s, fresh)) != STORE_OK) {
+    if ((fresh && (rc = create_schema(cfg, b)) != STORE_OK) ||
+        (rc = load_meta(cfg, b, m)) != STORE_OK ||
+        (rc = set_limits(cfg, b)) != STORE_OK ||
+        (rc = open_files(cfg, b, fresh)) != STORE_OK) {
         goto fail;
     }
-    atomic_init(&s->flush_cas, s->meta.flush_cas);
-    atomic_init(&s->flush_time, s->meta.flush_time);
-    atomic_init(&s->cas_max, s->meta.cas_max);
-    atomic_init(&s->bytes, s->meta.bytes);
-    atomic_init(&s->items, s->meta.items);
-    rc = STORE_ENOMEM;
-    if (!persist_sync_start(&s->ps) || !store_sqlite_maint_start(s)) {
-        persist_err(cfg, "cannot start the sqlite backend's threads");
-        goto fail;
+    if (fresh) {
+        m->created = cfg->now;
     }
-    s->opened = true;
-    *out = s;
+    b->ckpt_seq = host->seq(host->s);
+    *out = b;
     return STORE_OK;
 fail:
-    sq_destroy(s, &st);
+    sq_free(b);
     return rc;
 }
 
-void
-store_sqlite_close(struct store **sp)
-{
-    struct store *s = *sp;
-    struct open_state st = { 4 };
+const struct kv_backend sq_backend = {
+    .name = "sqlite",
+    .file = SQ_DB_FILE,
+    .none_sync_ms = 0,            /* the WAL's checksums cut a torn tail */
+    .open = sq_open,
+    .close = sq_close,
+    .sync = sq_sync,
+    .rd_open = sq_rd_open,
+    .rd_close = sq_rd_close,
+    .rd_get = sq_rd_get,
+    .rd_end = sq_rd_end,
+    .rd_idle = sq_rd_idle,
+    .rd_scan = sq_rd_scan,
+    .rd_expired = sq_rd_expired,
+    .begin = sq_begin,
+    .load = sq_load,
+    .put = sq_put,
+    .put_rec = sq_put_rec,
+    .del = sq_del,
+    .window = sq_window,
+    .commit = sq_commit,
+    .abort = sq_abort,
+    .tick = sq_tick,
+    .stats = sq_stats,
+};
 
-    if (s == NULL) {
-        return;
-    }
-    sq_destroy(s, &st);
-    *sp = NULL;
+static store_rc_e
+store_sqlite_open(const struct store_cfg *cfg, struct store **out)
+{
+    return kv_open(&sq_backend, cfg, out);
 }
+
+const struct store_ops store_sqlite_ops = KV_STORE_OPS("sqlite",
+                                                       store_sqlite_open);

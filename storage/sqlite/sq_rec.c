@@ -1,0 +1,449 @@
+/*
+ * The sqlite adapter's rows: readers (a connection per attached thread
+ * whose read snapshot spans gets) and the writer (the write lead's
+ * BEGIN IMMEDIATE ... COMMIT per batch, prepared statements only). A value
+ * is handed out as SQLite's column buffer, valid until its statement is
+ * reset: by rd_end for a reader, by the writer's next call for the writer.
+ *
+ * Read snapshots span gets: starting and ending a read transaction takes
+ * and drops WAL and file locks (fcntl, and the VFS mutex the other
+ * threads contend on), which per get was a quarter of the server's CPU. So
+ * a thread's gets share one read transaction until a commit happens (the
+ * engine's seq moves: the next get starts a fresh one, so every
+ * acknowledged write is seen), the thread writes (the engine idles the
+ * reader first: a write may wait on the writer, and a checkpoint holding
+ * the writer may be waiting on our snapshot), or the worker goes idle
+ * (ops->idle, before every poll), so no snapshot outlives a pass of the
+ * event loop.
+ */
+#include "storage/sqlite/sq.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+/* Whether the data directory's file system has (almost) no room left. */
+static bool
+disk_full(const struct kv_be *b)
+{
+    struct statvfs sv;
+
+    if (b == NULL || statvfs(b->dir, &sv) != 0) {
+        return false;
+    }
+    return (uint64_t)sv.f_bavail * sv.f_frsize < 256 * 1024;
+}
+
+kv_err_e
+sq_err(const struct kv_be *b, int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_ROW:
+    case SQLITE_DONE:
+        return KV_OK;
+    case SQLITE_FULL:
+        /* max_page_count, or the disk: only the former wants evictions. */
+        return disk_full(b) ? KV_NOSPC : KV_FULL;
+    case SQLITE_NOMEM:
+        return KV_NOMEM;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        return KV_CORRUPT;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return KV_BUSY;
+    default:
+        return KV_EIO;     /* IOERR, READONLY, ... */
+    }
+}
+
+void
+sq_rec(sqlite3_stmt *st, int i, struct kv_rec *r)
+{
+    r->cas = (uint64_t)sqlite3_column_int64(st, i);
+    r->flags = (uint32_t)sqlite3_column_int64(st, i + 1);
+    r->exptime = (uint32_t)sqlite3_column_int64(st, i + 2);
+    r->stored = (uint32_t)sqlite3_column_int64(st, i + 3);
+    r->atime = (uint32_t)sqlite3_column_int64(st, i + 4);
+    r->iflags = sqlite3_column_int64(st, i + 5) != 0 ? KV_IF_FETCHED : 0;
+    r->sum = (uint64_t)sqlite3_column_int64(st, i + 6);
+}
+
+/* ---------------------------------------------------------------- readers */
+
+kv_err_e
+sq_rd_open(struct kv_be *b, struct kv_rd **out)
+{
+    struct kv_rd *r = calloc(1, sizeof(*r));
+
+    *out = NULL;
+    if (r == NULL) {
+        return KV_NOMEM;
+    }
+    r->b = b;
+    if (sq_connect(b, &r->c, false, false, NULL, 0) != SQLITE_OK ||
+        sq_stmt(&r->c, SQ_GET) == NULL || sq_stmt(&r->c, SQ_RBEGIN) == NULL ||
+        sq_stmt(&r->c, SQ_COMMIT) == NULL ||
+        sq_stmt(&r->c, SQ_ROLLBACK) == NULL) {
+        sq_disconnect(&r->c);
+        free(r);
+        return KV_EIO;
+    }
+    *out = r;
+    return KV_OK;
+}
+
+void
+sq_rd_idle(struct kv_rd *r)
+{
+    sqlite3_stmt *st = r->c.st[SQ_COMMIT];
+
+    if (!r->snap) {
+        return;
+    }
+    r->snap = false;
+    (void)sqlite3_step(st);
+    sqlite3_reset(st);
+    if (!sqlite3_get_autocommit(r->c.db)) {
+        /* COMMIT of a read failed: never leave the snapshot held. */
+        st = r->c.st[SQ_ROLLBACK];
+        (void)sqlite3_step(st);
+        sqlite3_reset(st);
+    }
+}
+
+void
+sq_rd_close(struct kv_rd *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    sq_rd_idle(r);
+    sq_disconnect(&r->c);
+    free(r);
+}
+
+/*
+ * Makes sure the reader reads at a snapshot holding every commit up to
+ * seq; on failure the get runs in its own implicit transaction.
+ */
+static void
+snap_begin(struct kv_rd *r, uint64_t seq)
+{
+    sqlite3_stmt *st = r->c.st[SQ_RBEGIN];
+
+    if (r->snap && r->snap_seq == seq) {
+        return;
+    }
+    sq_rd_idle(r);
+    /* A deferred BEGIN: the snapshot is taken by the next SELECT, so it
+     * holds at least the commits up to seq. */
+    if (sqlite3_step(st) == SQLITE_DONE) {
+        r->snap = true;
+        r->snap_seq = seq;
+    }
+    sqlite3_reset(st);
+}
+
+kv_err_e
+sq_rd_get(struct kv_rd *r, uint64_t seq, const void *key, size_t klen,
+          struct kv_view *v)
+{
+    sqlite3_stmt *st = r->c.st[SQ_GET];   /* prepared at open */
+    int rc;
+
+    snap_begin(r, seq);
+    sq_bind_blob(st, 1, key, klen);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        return rc == SQLITE_DONE ? KV_NOTFOUND : sq_err(NULL, rc);
+    }
+    sq_rec(st, 0, &v->r);
+    v->val = sqlite3_column_blob(st, 7);
+    v->vlen = (size_t)sqlite3_column_bytes(st, 7);
+    return KV_OK;
+}
+
+void
+sq_rd_end(struct kv_rd *r)
+{
+    sqlite3_reset(r->c.st[SQ_GET]);
+}
+
+/*
+ * Steps st (cas ... sum, key, length(value)) through fn; resets it. The
+ * SQLite result: SQLITE_DONE when it ran to the end or fn stopped it.
+ */
+static int
+visit(sqlite3_stmt *st, kv_scan_fn fn, void *arg)
+{
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct kv_view v;
+
+        memset(&v, 0, sizeof(v));
+        sq_rec(st, 0, &v.r);
+        v.vlen = (size_t)sqlite3_column_int64(st, 8);
+        if (!fn(arg, sqlite3_column_blob(st, 7),
+                (size_t)sqlite3_column_bytes(st, 7), &v)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* A key-order slice on connection c. */
+static kv_err_e
+scan(struct sq_conn *c, const void *from, size_t flen, unsigned limit,
+     kv_scan_fn fn, void *arg)
+{
+    sqlite3_stmt *st = sq_stmt(c, flen > 0 ? SQ_SCAN : SQ_SCAN0);
+
+    if (st == NULL) {
+        return KV_EIO;
+    }
+    if (flen > 0) {
+        sq_bind_blob(st, 1, from, flen);
+    }
+    sqlite3_bind_int(st, 2, (int)limit);
+    return sq_err(NULL, visit(st, fn, arg));
+}
+
+kv_err_e
+sq_rd_scan(struct kv_rd *r, const void *from, size_t flen, unsigned limit,
+           kv_scan_fn fn, void *arg)
+{
+    return scan(&r->c, from, flen, limit, fn, arg);
+}
+
+kv_err_e
+sq_rd_expired(struct kv_rd *r, uint32_t now, unsigned limit, kv_scan_fn fn,
+              void *arg)
+{
+    sqlite3_stmt *st = sq_stmt(&r->c, SQ_EXPIRED);
+
+    if (st == NULL) {
+        return KV_EIO;
+    }
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_int(st, 2, (int)limit);
+    return sq_err(NULL, visit(st, fn, arg));
+}
+
+/* ----------------------------------------------------------------- writer */
+
+/* Resets what the writer's last load left stepped (its value's buffer). */
+static void
+settle(struct kv_be *b)
+{
+    if (b->wopen != NULL) {
+        sqlite3_reset(b->wopen);
+        b->wopen = NULL;
+    }
+}
+
+/* Steps a statement without parameters once; the SQLite result code. */
+static int
+step_once(struct kv_be *b, sq_sql_e id)
+{
+    sqlite3_stmt *st = sq_stmt(&b->w, id);
+    int rc;
+
+    if (st == NULL) {
+        return SQLITE_ERROR;
+    }
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Steps st to its end and resets it; the SQLite result code. */
+static int
+run_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+void
+sq_abort(struct kv_be *b)
+{
+    settle(b);
+    if (!sqlite3_get_autocommit(b->w.db)) {
+        (void)step_once(b, SQ_ROLLBACK);
+    }
+}
+
+kv_err_e
+sq_begin(struct kv_be *b)
+{
+    int rc;
+
+    settle(b);
+    rc = step_once(b, SQ_BEGIN);
+    if (rc != SQLITE_OK) {
+        sq_abort(b);
+    }
+    return sq_err(b, rc);
+}
+
+kv_err_e
+sq_load(struct kv_be *b, const void *key, size_t klen, bool with_value,
+        struct kv_view *v)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    settle(b);
+    st = sq_stmt(&b->w, with_value ? SQ_LOADV : SQ_LOAD);
+    if (st == NULL) {
+        return KV_EIO;
+    }
+    sq_bind_blob(st, 1, key, klen);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return rc == SQLITE_DONE ? KV_NOTFOUND : sq_err(b, rc);
+    }
+    memset(v, 0, sizeof(*v));
+    sq_rec(st, 0, &v->r);
+    if (with_value) {
+        v->val = sqlite3_column_blob(st, 7);
+        v->vlen = (size_t)sqlite3_column_bytes(st, 7);
+        b->wopen = st;           /* the value lives until the next call */
+    } else {
+        v->vlen = (size_t)sqlite3_column_int64(st, 7);
+        sqlite3_reset(st);
+    }
+    return KV_OK;
+}
+
+/* Binds r's columns from index i on (flags, exptime, cas, stored, atime,
+ * fetched, sum). */
+static void
+bind_rec(sqlite3_stmt *st, int i, const struct kv_rec *r)
+{
+    sqlite3_bind_int64(st, i, r->flags);
+    sqlite3_bind_int64(st, i + 1, r->exptime);
+    sqlite3_bind_int64(st, i + 2, (sqlite3_int64)r->cas);
+    sqlite3_bind_int64(st, i + 3, r->stored);
+    sqlite3_bind_int64(st, i + 4, r->atime);
+    sqlite3_bind_int(st, i + 5, (r->iflags & KV_IF_FETCHED) ? 1 : 0);
+    sqlite3_bind_int64(st, i + 6, (sqlite3_int64)r->sum);
+}
+
+kv_err_e
+sq_put(struct kv_be *b, const void *key, size_t klen, const struct kv_rec *r,
+       const void *a, size_t na, const void *c, size_t nc)
+{
+    sqlite3_stmt *st;
+    const void *v = na > 0 ? a : c;
+    size_t vlen = na + nc;
+
+    settle(b);
+    st = sq_stmt(&b->w, SQ_PUT);
+    if (st == NULL) {
+        return KV_EIO;
+    }
+    if (na > 0 && nc > 0) {
+        /* One blob for SQLite: the two pieces joined. */
+        if (vlen > b->scratch_cap) {
+            size_t cap = b->scratch_cap != 0 ? b->scratch_cap : 4096;
+            unsigned char *p;
+
+            while (cap < vlen) {
+                cap *= 2;
+            }
+            p = realloc(b->scratch, cap);
+            if (p == NULL) {
+                return KV_NOMEM;
+            }
+            b->scratch = p;
+            b->scratch_cap = cap;
+        }
+        memcpy(b->scratch, a, na);
+        memcpy(b->scratch + na, c, nc);
+        v = b->scratch;
+    }
+    sq_bind_blob(st, 1, key, klen);
+    sq_bind_blob(st, 2, v, vlen);
+    bind_rec(st, 3, r);
+    return sq_err(b, run_done(st));
+}
+
+kv_err_e
+sq_put_rec(struct kv_be *b, const void *key, size_t klen,
+           const struct kv_rec *r)
+{
+    sqlite3_stmt *st;
+    kv_err_e e;
+
+    settle(b);
+    st = sq_stmt(&b->w, SQ_PUTREC);
+    if (st == NULL) {
+        return KV_EIO;
+    }
+    sq_bind_blob(st, 1, key, klen);
+    bind_rec(st, 2, r);
+    e = sq_err(b, run_done(st));
+    if (e == KV_OK && sqlite3_changes(b->w.db) == 0) {
+        return KV_NOTFOUND;
+    }
+    return e;
+}
+
+kv_err_e
+sq_del(struct kv_be *b, const void *key, size_t klen)
+{
+    sqlite3_stmt *st;
+    kv_err_e e;
+
+    settle(b);
+    st = sq_stmt(&b->w, SQ_DEL);
+    if (st == NULL) {
+        return KV_EIO;
+    }
+    sq_bind_blob(st, 1, key, klen);
+    e = sq_err(b, run_done(st));
+    if (e == KV_OK && sqlite3_changes(b->w.db) == 0) {
+        return KV_NOTFOUND;
+    }
+    return e;
+}
+
+kv_err_e
+sq_window(struct kv_be *b, const void *from, size_t flen, unsigned limit,
+          kv_scan_fn fn, void *arg)
+{
+    settle(b);
+    return scan(&b->w, from, flen, limit, fn, arg);
+}
+
+kv_err_e
+sq_commit(struct kv_be *b, const struct kv_meta *m, bool meta_due)
+{
+    int rc = SQLITE_OK;
+
+    settle(b);
+    /*
+     * The meta row only when it is due (a flush, a new CAS lease, the
+     * first commit, which marks the store in use): most commits write
+     * just their rows' pages.
+     */
+    if (meta_due) {
+        rc = sq_meta_put(b, m, false);
+    }
+    if (rc == SQLITE_OK) {
+        rc = step_once(b, SQ_COMMIT);
+    }
+    if (rc != SQLITE_OK) {
+        sq_abort(b);
+    }
+    return sq_err(b, rc);
+}
