@@ -263,6 +263,18 @@ bool kv_sum_meta_ok(const struct kv_rec *r);
 bool kv_sum_ok(const struct kv_rec *r, const void *key, size_t klen,
                const void *val, size_t vlen);
 
+/*
+ * Makes *buf hold at least n bytes (doubling from 4 KB, contents kept);
+ * false when memory ran out, *buf untouched.
+ */
+bool kv_grow(unsigned char **buf, size_t *cap, size_t n);
+
+/*
+ * Whether dir's file system has less than min bytes left for us: tells a
+ * full disk from the store's own limit when a library says only "full".
+ */
+bool kv_disk_full(const char *dir, uint64_t min);
+
 /* Little-endian helpers for adapters' on-disk layouts. */
 static inline void
 kv_put32(unsigned char *p, uint32_t v)

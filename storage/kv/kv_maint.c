@@ -36,18 +36,8 @@ kv_keybuf_add(struct kv_keybuf *b, const void *key, size_t klen,
     if (klen > STORE_KEY_MAX) {
         return false;
     }
-    if (b->len + need > b->cap) {
-        size_t cap = b->cap != 0 ? b->cap * 2 : 4096;
-
-        while (cap < b->len + need) {
-            cap *= 2;
-        }
-        p = realloc(b->p, cap);
-        if (p == NULL) {
-            return false;
-        }
-        b->p = p;
-        b->cap = cap;
+    if (!kv_grow(&b->p, &b->cap, b->len + need)) {
+        return false;
     }
     p = b->p + b->len;
     p[0] = (unsigned char)klen;

@@ -105,23 +105,7 @@ fail(struct kv_wctx *w, kv_err_e e)
 static bool
 scratch_reserve(struct store *s, size_t n)
 {
-    unsigned char *p;
-    size_t cap;
-
-    if (n <= s->scratch_cap) {
-        return true;
-    }
-    cap = s->scratch_cap != 0 ? s->scratch_cap : 4096;
-    while (cap < n) {
-        cap *= 2;
-    }
-    p = realloc(s->scratch, cap);
-    if (p == NULL) {
-        return false;
-    }
-    s->scratch = p;
-    s->scratch_cap = cap;
-    return true;
+    return kv_grow(&s->scratch, &s->scratch_cap, n);
 }
 
 static void
@@ -263,6 +247,16 @@ new_rec(struct kv_wctx *w, uint32_t flags, uint32_t exptime, uint32_t now)
     r.stored = now;
     r.atime = now;
     return r;
+}
+
+/* A new value is in: what the op and the stats learn of it. */
+static store_rc_e
+stored(struct kv_wctx *w, struct kv_op *op, const struct kv_rec *r)
+{
+    w->total_items++;
+    op->cas_out = r->cas;
+    op->wrote = true;
+    return STORE_OK;
 }
 
 /* One item seen by the evictor. */
@@ -510,10 +504,7 @@ apply_concat(struct kv_wctx *w, struct kv_op *op)
                     o.vlen, &o)) {
         return STORE_EIO;
     }
-    w->total_items++;
-    op->cas_out = r.cas;
-    op->wrote = true;
-    return STORE_OK;
+    return stored(w, op, &r);
 }
 
 static store_rc_e
@@ -547,10 +538,7 @@ apply_store(struct kv_wctx *w, struct kv_op *op)
     if (!put(w, k->data, k->len, &r, in->data, in->len, NULL, 0, &o)) {
         return STORE_EIO;
     }
-    w->total_items++;
-    op->cas_out = r.cas;
-    op->wrote = true;
-    return STORE_OK;
+    return stored(w, op, &r);
 }
 
 static store_rc_e
@@ -628,11 +616,8 @@ apply_arith(struct kv_wctx *w, struct kv_op *op)
     if (!put(w, k->data, k->len, &r, p, n, NULL, 0, &o)) {
         return STORE_EIO;
     }
-    w->total_items++;
     op->value = v;
-    op->cas_out = r.cas;
-    op->wrote = true;
-    return STORE_OK;
+    return stored(w, op, &r);
 }
 
 /* The value's bytes for a GAT, in memory its caller owns. */

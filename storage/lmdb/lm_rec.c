@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statvfs.h>
 
 void
 lm_rec_encode(unsigned char *p, const struct kv_rec *r)
@@ -49,18 +48,8 @@ lm_rec_decode(const MDB_val *data, struct kv_view *v, bool with_value)
     return true;
 }
 
-/* Whether the data directory's file system has (almost) no room left. */
-static bool
-disk_full(const struct kv_be *b)
-{
-    struct statvfs sv;
-
-    if (b == NULL || statvfs(b->dir, &sv) != 0) {
-        return false;
-    }
-    /* A commit writes whole pages: under a few of them free is full. */
-    return (uint64_t)sv.f_bavail * sv.f_frsize < 64 * 1024;
-}
+/* A commit writes whole pages: under a few of them free is full. */
+#define LM_DISK_MIN (64u * 1024u)
 
 kv_err_e
 lm_err(struct kv_be *b, int mrc)
@@ -90,7 +79,8 @@ lm_err(struct kv_be *b, int mrc)
     case EIO:
         /* LMDB reports a short write as EIO; on a full disk that is "no
          * room" for this write, not a broken store. */
-        return disk_full(b) ? KV_NOSPC : KV_EIO;
+        return b != NULL && kv_disk_full(b->dir, LM_DISK_MIN) ? KV_NOSPC
+                                                          : KV_EIO;
     default:
         return KV_EIO;
     }
@@ -263,19 +253,8 @@ lm_put_rec(struct kv_be *b, const void *key, size_t klen,
     }
     /* Copy-on-write moves the page anyway: keep the value, rewrite all. */
     vlen = data.mv_size > LM_HDR ? data.mv_size - LM_HDR : 0;
-    if (vlen > b->scratch_cap) {
-        size_t cap = b->scratch_cap != 0 ? b->scratch_cap : 4096;
-        unsigned char *p;
-
-        while (cap < vlen) {
-            cap *= 2;
-        }
-        p = realloc(b->scratch, cap);
-        if (p == NULL) {
-            return KV_NOMEM;
-        }
-        b->scratch = p;
-        b->scratch_cap = cap;
+    if (!kv_grow(&b->scratch, &b->scratch_cap, vlen)) {
+        return KV_NOMEM;
     }
     if (vlen > 0) {
         memcpy(b->scratch, (const unsigned char *)data.mv_data + LM_HDR,

@@ -20,19 +20,9 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statvfs.h>
 
-/* Whether the data directory's file system has (almost) no room left. */
-static bool
-disk_full(const struct kv_be *b)
-{
-    struct statvfs sv;
-
-    if (b == NULL || statvfs(b->dir, &sv) != 0) {
-        return false;
-    }
-    return (uint64_t)sv.f_bavail * sv.f_frsize < 256 * 1024;
-}
+/* Under this much free, SQLITE_FULL is the disk's. */
+#define SQ_DISK_MIN (256u * 1024u)
 
 kv_err_e
 sq_err(const struct kv_be *b, int rc)
@@ -44,7 +34,8 @@ sq_err(const struct kv_be *b, int rc)
         return KV_OK;
     case SQLITE_FULL:
         /* max_page_count, or the disk: only the former wants evictions. */
-        return disk_full(b) ? KV_NOSPC : KV_FULL;
+        return b != NULL && kv_disk_full(b->dir, SQ_DISK_MIN) ? KV_NOSPC
+                                                          : KV_FULL;
     case SQLITE_NOMEM:
         return KV_NOMEM;
     case SQLITE_CORRUPT:
@@ -353,19 +344,8 @@ sq_put(struct kv_be *b, const void *key, size_t klen, const struct kv_rec *r,
     }
     if (na > 0 && nc > 0) {
         /* One blob for SQLite: the two pieces joined. */
-        if (vlen > b->scratch_cap) {
-            size_t cap = b->scratch_cap != 0 ? b->scratch_cap : 4096;
-            unsigned char *p;
-
-            while (cap < vlen) {
-                cap *= 2;
-            }
-            p = realloc(b->scratch, cap);
-            if (p == NULL) {
-                return KV_NOMEM;
-            }
-            b->scratch = p;
-            b->scratch_cap = cap;
+        if (!kv_grow(&b->scratch, &b->scratch_cap, vlen)) {
+            return KV_NOMEM;
         }
         memcpy(b->scratch, a, na);
         memcpy(b->scratch + na, c, nc);
