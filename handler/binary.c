@@ -54,6 +54,13 @@ bin_error(struct hctx *cx, const struct proto_bin_req *rq, uint16_t status)
               0);
 }
 
+/*
+ * A failed command: the status for rc, with memcached's text, or for a
+ * failure of the store itself (no status of memcached's fits) what failed.
+ */
+static void
+bin_fail(struct hctx *cx, const struct proto_bin_req *rq, store_rc_e rc);
+
 /* The single place a storage result becomes a wire status. */
 static uint16_t
 bin_status(store_rc_e rc)
@@ -76,6 +83,17 @@ bin_status(store_rc_e rc)
     default:
         return BIN_EINTERNAL;
     }
+}
+
+static void
+bin_fail(struct hctx *cx, const struct proto_bin_req *rq, store_rc_e rc)
+{
+    uint16_t status = bin_status(rc);
+    const char *msg = status == BIN_EINTERNAL ? store_strerror(rc)
+                                              : proto_bin_status_text(status);
+
+    bin_reply(cx, rq, status, NULL, 0, NULL, 0, msg, (uint32_t)strlen(msg),
+              0);
 }
 
 static handler_act_e
@@ -122,7 +140,7 @@ bin_get(struct hctx *cx, const struct proto_bin_req *rq)
                   NULL, 0, 0);
         return HANDLER_CONTINUE;
     }
-    bin_error(cx, rq, bin_status(rc));
+    bin_fail(cx, rq, rc);
     return HANDLER_CONTINUE;
 }
 
@@ -180,7 +198,7 @@ bin_store(struct hctx *cx, const struct proto_bin_req *rq)
                                       m == STORE_PREPEND)) {
         rc = STORE_NOT_STORED;
     }
-    bin_error(cx, rq, bin_status(rc));
+    bin_fail(cx, rq, rc);
     return HANDLER_CONTINUE;
 }
 
@@ -195,7 +213,7 @@ bin_delete(struct hctx *cx, const struct proto_bin_req *rq)
         }
         return HANDLER_CONTINUE;
     }
-    bin_error(cx, rq, bin_status(rc));
+    bin_fail(cx, rq, rc);
     return HANDLER_CONTINUE;
 }
 
@@ -224,7 +242,7 @@ bin_arith(struct hctx *cx, const struct proto_bin_req *rq)
         }
         return HANDLER_CONTINUE;
     }
-    bin_error(cx, rq, bin_status(rc));
+    bin_fail(cx, rq, rc);
     return HANDLER_CONTINUE;
 }
 
@@ -244,7 +262,7 @@ bin_flush(struct hctx *cx, const struct proto_bin_req *rq)
     store_rc_e rc = hcore_flush(cx, rq->has_exptime ? rq->exptime : 0);
 
     if (rc != STORE_OK) {
-        bin_error(cx, rq, bin_status(rc));
+        bin_fail(cx, rq, rc);
     } else if (!rq->quiet) {
         bin_reply(cx, rq, PROTO_BIN_OK, NULL, 0, NULL, 0, NULL, 0, 0);
     }
@@ -337,6 +355,19 @@ handler_bin(struct hctx *cx, const struct proto_bin_req *rq)
         return HANDLER_CONTINUE;
     }
     return fn(cx, rq);
+}
+
+size_t
+handler_bin_failure(const struct proto_bin_req *rq, char *out)
+{
+    const char *msg = store_strerror(STORE_EIO);
+    size_t n = strlen(msg);
+
+    /* Quiet or not: an error is always sent. */
+    proto_bin_encode_header((uint8_t *)out, rq->opcode, BIN_EINTERNAL, 0, 0,
+                            (uint32_t)n, rq->opaque, 0);
+    memcpy(out + PROTO_BIN_HDR, msg, n);
+    return PROTO_BIN_HDR + n;
 }
 
 handler_act_e

@@ -118,6 +118,17 @@ uint32_t handler_exptime(int64_t ttl, uint32_t now);
 /* Executes one well-formed binary request. */
 handler_act_e handler_bin(struct hctx *cx, const struct proto_bin_req *rq);
 
+/* Room for the failure reply of one request (handler_*_failure). */
+#define HANDLER_FAIL_MAX 96
+
+/*
+ * The reply a binary request gets instead of its own when a write it made
+ * was left pending and then could not be made durable (its store_wait
+ * completed with an error); written to out, HANDLER_FAIL_MAX bytes at
+ * most. Returns its length.
+ */
+size_t handler_bin_failure(const struct proto_bin_req *rq, char *out);
+
 /* Answers a binary request the codec refused (rc != PROTO_OK/NEED_MORE). */
 handler_act_e handler_bin_refused(struct hctx *cx, proto_rc_e rc,
                                   const struct proto_bin_req *rq);

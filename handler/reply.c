@@ -132,6 +132,7 @@ reply_reserve(struct reply *r, size_t n)
         return NULL;
     }
     r->queued += n;
+    r->total += n;
     last = r->nseg > r->first ? &r->seg[r->nseg - 1] : NULL;
     if (last != NULL && last->it.pin == NULL && last->ptr + last->len == p) {
         last->len += n;
@@ -140,6 +141,7 @@ reply_reserve(struct reply *r, size_t n)
     last = new_seg(r);
     if (last == NULL) {
         r->queued -= n;
+        r->total -= n;
         return NULL;
     }
     last->ptr = p;
@@ -155,6 +157,7 @@ reply_trim(struct reply *r, size_t n)
     last->len -= n;
     r->tail->used -= n;
     r->queued -= n;
+    r->total -= n;
     if (last->len == 0) {
         r->nseg--;
     }
@@ -194,6 +197,7 @@ reply_item(struct reply *r, struct store_item *it)
                 s->ptr = it->data;
                 s->len = it->len;
                 r->queued += it->len;
+                r->total += it->len;
             }
         } else {
             reply_append(r, it->data, it->len);
@@ -212,7 +216,38 @@ reply_item(struct reply *r, struct store_item *it)
     s->len = it->len;
     s->it = *it;
     r->queued += it->len;
+    r->total += it->len;
     it->pin = NULL;
+}
+
+void
+reply_truncate(struct reply *r, uint64_t at)
+{
+    uint64_t end = r->total;
+
+    /* Walk back from the end: segment i holds [end - len, end). */
+    while (r->nseg > r->first && end > at) {
+        struct reply_seg *s = &r->seg[r->nseg - 1];
+        size_t sent = r->nseg - 1 == r->first ? r->off : 0;
+        uint64_t start = end - (s->len - sent);
+
+        if (start >= at) {
+            end = start;
+            r->queued -= s->len - sent;
+            if (sent > 0) {
+                /* Partly sent: keep what went out, drop the rest. */
+                s->len = sent;
+                break;
+            }
+            release_from(r, r->nseg - 1, r->nseg);
+            r->nseg--;
+            continue;
+        }
+        r->queued -= (size_t)(end - at);
+        s->len -= (size_t)(end - at);
+        end = at;
+    }
+    r->total = end;
 }
 
 int

@@ -37,6 +37,7 @@ struct reply {
     size_t                  first;  /* first unsent segment */
     size_t                  off;    /* bytes of seg[first] already sent */
     size_t                  queued; /* unsent bytes */
+    uint64_t                total;  /* bytes ever queued (a position) */
     bool                    oom;    /* an allocation failed: close the conn */
 };
 
@@ -77,6 +78,19 @@ reply_queued(const struct reply *r)
 {
     return r->queued;
 }
+
+/* The position of the next byte to be queued, for reply_truncate. */
+static inline uint64_t
+reply_total(const struct reply *r)
+{
+    return r->total;
+}
+
+/*
+ * Drops every unsent byte queued at or after position at (a reply_total
+ * taken earlier), releasing their pins; bytes already sent stay sent.
+ */
+void reply_truncate(struct reply *r, uint64_t at);
 
 /* Fills up to max iovecs with the unsent bytes; returns how many. */
 int reply_iov(const struct reply *r, struct iovec *iov, int max);

@@ -44,6 +44,27 @@ server_error(struct hctx *cx, store_rc_e rc)
     line(cx, buf);
 }
 
+/*
+ * True when rc is a failure of the store itself (an I/O error, damage, a
+ * lock held elsewhere), which memcached cannot have: the command did not
+ * happen and must never be answered as if it had (NOT_FOUND, OK).
+ */
+static bool
+store_failed(store_rc_e rc)
+{
+    return rc == STORE_EIO || rc == STORE_ECORRUPT || rc == STORE_ELOCKED ||
+           rc == STORE_EINVAL;
+}
+
+/* A store failure, answered unless the client asked for no reply. */
+static void
+failed(struct hctx *cx, const struct proto_text_req *rq, store_rc_e rc)
+{
+    if (!rq->noreply) {
+        server_error(cx, rc);
+    }
+}
+
 /* One storage result as the text line memcached sends for it. */
 static proto_text_reply_e
 text_reply_for(store_rc_e rc, bool cas)
@@ -81,8 +102,11 @@ value(struct hctx *cx, const char *key, size_t keylen, struct store_item *it,
     reply_append(cx->out, "\r\n", 2);
 }
 
-/* get, gets, gat, gats: the first nkeys keys (all of them when whole). */
-static void
+/*
+ * get, gets, gat, gats: the first nkeys keys (all of them when whole).
+ * STORE_OK, or the store failure that stopped it.
+ */
+static store_rc_e
 get_keys(struct hctx *cx, const struct proto_text_req *rq, uint32_t nkeys)
 {
     bool with_cas = rq->cmd == PROTO_TEXT_GETS || rq->cmd == PROTO_TEXT_GATS;
@@ -95,19 +119,29 @@ get_keys(struct hctx *cx, const struct proto_text_req *rq, uint32_t nkeys)
     for (uint32_t i = 0; i < nkeys &&
          proto_text_next_key(rq, &pos, &key, &keylen); i++) {
         struct store_item it;
+        store_rc_e rc = hcore_get(cx, key, keylen, touch ? &exp : NULL, &it);
 
-        if (hcore_get(cx, key, keylen, touch ? &exp : NULL, &it) ==
-            STORE_OK) {
+        if (rc == STORE_OK) {
             value(cx, key, keylen, &it, with_cas);
+        } else if (store_failed(rc) || (touch && rc != STORE_ENOENT)) {
+            /* The store could not read (or, for gat, write) this key: an
+             * error ends the reply, never a silent miss. */
+            return rc;
         }
     }
+    return STORE_OK;
 }
 
 static handler_act_e
 text_get(struct hctx *cx, const struct proto_text_req *rq)
 {
-    get_keys(cx, rq, rq->nkeys);
-    line(cx, "END");
+    store_rc_e rc = get_keys(cx, rq, rq->nkeys);
+
+    if (rc != STORE_OK) {
+        server_error(cx, rc);
+    } else {
+        line(cx, "END");
+    }
     return HANDLER_CONTINUE;
 }
 
@@ -169,11 +203,9 @@ text_store(struct hctx *cx, const struct proto_text_req *rq)
         }
         return HANDLER_CONTINUE;
     }
-    if (rc == STORE_EIO || rc == STORE_ECORRUPT) {
+    if (store_failed(rc)) {
         /* memcached has no such failure; say what happened. */
-        if (!rq->noreply) {
-            server_error(cx, rc);
-        }
+        failed(cx, rq, rc);
         return HANDLER_CONTINUE;
     }
     fixed(cx, rq, text_reply_for(rc, rq->cmd == PROTO_TEXT_CAS));
@@ -185,6 +217,10 @@ text_delete(struct hctx *cx, const struct proto_text_req *rq)
 {
     store_rc_e rc = hcore_delete(cx, rq->key, rq->keylen, 0);
 
+    if (rc != STORE_OK && rc != STORE_ENOENT) {
+        failed(cx, rq, rc);
+        return HANDLER_CONTINUE;
+    }
     fixed(cx, rq, rc == STORE_OK ? PROTO_TEXT_R_DELETED
                                  : PROTO_TEXT_R_NOT_FOUND);
     return HANDLER_CONTINUE;
@@ -219,6 +255,8 @@ text_arith(struct hctx *cx, const struct proto_text_req *rq)
         line(cx, proto_text_reply_text(PROTO_TEXT_R_NON_NUMERIC));
     } else if (rc == STORE_ENOMEM) {
         line(cx, proto_text_reply_text(PROTO_TEXT_R_NO_MEMORY));
+    } else if (store_failed(rc)) {
+        server_error(cx, rc);
     } else {
         line(cx, proto_text_reply_text(PROTO_TEXT_R_NOT_FOUND));
     }
@@ -231,6 +269,10 @@ text_touch(struct hctx *cx, const struct proto_text_req *rq)
     store_rc_e rc = hcore_touch(cx, rq->key, rq->keylen,
                                 handler_exptime(rq->exptime, cx->now));
 
+    if (rc != STORE_OK && rc != STORE_ENOENT) {
+        failed(cx, rq, rc);
+        return HANDLER_CONTINUE;
+    }
     fixed(cx, rq, rc == STORE_OK ? PROTO_TEXT_R_TOUCHED
                                  : PROTO_TEXT_R_NOT_FOUND);
     return HANDLER_CONTINUE;
@@ -239,7 +281,12 @@ text_touch(struct hctx *cx, const struct proto_text_req *rq)
 static handler_act_e
 text_flush(struct hctx *cx, const struct proto_text_req *rq)
 {
-    (void)hcore_flush(cx, rq->delay);
+    store_rc_e rc = hcore_flush(cx, rq->delay);
+
+    if (rc != STORE_OK) {
+        failed(cx, rq, rc);
+        return HANDLER_CONTINUE;
+    }
     fixed(cx, rq, PROTO_TEXT_R_OK);
     return HANDLER_CONTINUE;
 }
@@ -392,6 +439,16 @@ handler_text(struct hctx *cx, const struct proto_text_req *rq)
         return HANDLER_CONTINUE;
     }
     return fn(cx, rq);
+}
+
+size_t
+handler_text_failure(const struct proto_text_req *rq, char *out)
+{
+    if (rq->noreply) {
+        return 0;
+    }
+    return (size_t)snprintf(out, HANDLER_FAIL_MAX, "SERVER_ERROR %s\r\n",
+                            store_strerror(STORE_EIO));
 }
 
 handler_act_e

@@ -55,6 +55,11 @@ struct conn {
     struct store_wait  wait;      /* for writes that complete later */
     unsigned           pending;   /* writes not yet durable; loop-owned */
     unsigned           completed; /* under w->lock */
+    unsigned           fail_at;   /* under w->lock: the first of the
+                                   * completed that failed, or UINT_MAX */
+    struct conn_fix   *fix;       /* loop-owned: pending writes' replies */
+    size_t             nfix;
+    size_t             fixcap;
     bool               in_done;   /* under w->lock: on w->done */
     struct conn       *done_next; /* under w->lock */
     struct conn       *ready_next; /* loop-owned: completions to act on */
@@ -69,16 +74,31 @@ struct conn {
     struct conn       *next;      /* under w->lock */
 };
 
+/*
+ * What to answer instead, should a request's pending writes fail: where
+ * its reply starts in the queue, how many of the connection's pending
+ * writes are its, and the failure reply, made when it went pending.
+ */
+struct conn_fix {
+    uint64_t at;
+    unsigned writes;
+    uint8_t  len;
+    char     reply[HANDLER_FAIL_MAX];
+};
+
 static void conn_cb(struct ev_loop *loop, ev_io *io, int revents);
 
 static void
-conn_wait_done(struct store_wait *wt)
+conn_wait_done(struct store_wait *wt, store_rc_e rc)
 {
     struct conn *c = (struct conn *)((char *)wt - offsetof(struct conn,
                                                            wait));
     struct worker *w = c->w;
 
     pthread_mutex_lock(&w->lock);
+    if (rc != STORE_OK && c->fail_at == UINT_MAX) {
+        c->fail_at = c->completed;
+    }
     c->completed++;
     if (!c->in_done) {
         c->in_done = true;
@@ -130,6 +150,7 @@ conn_new(struct worker *w, int fd)
     c->w = w;
     c->fd = fd;
     c->wait.done = conn_wait_done;
+    c->fail_at = UINT_MAX;
     reply_init(&c->out, w->srv->ops, w->thr);
     c->events = EV_READ;
     ev_io_init(&c->io, conn_cb, fd, EV_READ);
@@ -165,8 +186,78 @@ conn_free(struct conn *c)
         c->next->prev = c->prev;
     }
     pthread_mutex_unlock(&w->lock);
+    free(c->fix);
     free(c->in);
     free(c);
+}
+
+/*
+ * A request at reply position at left writes pending: keeps its failure
+ * reply, made now while the request is at hand. Without memory for it the
+ * connection closes once the writes complete (never a false success).
+ */
+static void
+conn_fix_push(struct conn *c, uint64_t at, unsigned writes,
+              const char *reply, size_t len)
+{
+    struct conn_fix *f;
+
+    if (c->nfix == c->fixcap) {
+        size_t cap = c->fixcap != 0 ? c->fixcap * 2 : 8;
+
+        f = realloc(c->fix, cap * sizeof(*f));
+        if (f == NULL) {
+            len = 0;
+            if (c->nfix == 0) {
+                c->close_after_write = true;
+                return;
+            }
+            f = &c->fix[c->nfix - 1];
+            f->writes += writes;   /* folded into the one before */
+            return;
+        }
+        c->fix = f;
+        c->fixcap = cap;
+    }
+    f = &c->fix[c->nfix++];
+    f->at = at;
+    f->writes = writes;
+    f->len = (uint8_t)len;
+    memcpy(f->reply, reply, len);
+}
+
+/*
+ * n of the connection's pending writes completed, the first failed one
+ * being fail_at (UINT_MAX: none). A failed write's request is answered
+ * with its failure reply in place of its own; what follows it is dropped
+ * and the connection closes after that reply, since later requests may
+ * have read or built on the write that did not last.
+ */
+static void
+conn_fix_done(struct conn *c, unsigned n, unsigned fail_at)
+{
+    unsigned k = 0;
+    size_t i = 0;
+
+    while (i < c->nfix && k + c->fix[i].writes <= n) {
+        if (fail_at != UINT_MAX && k + c->fix[i].writes > fail_at) {
+            break;
+        }
+        k += c->fix[i].writes;
+        i++;
+    }
+    if (fail_at != UINT_MAX && i < c->nfix && !c->closed) {
+        reply_truncate(&c->out, c->fix[i].at);
+        reply_append(&c->out, c->fix[i].reply, c->fix[i].len);
+        c->close_after_write = true;
+        c->nfix = 0;
+        return;
+    }
+    if (i < c->nfix) {
+        c->fix[i].writes -= n - k;       /* some of its writes are done */
+    }
+    memmove(c->fix, c->fix + i, (c->nfix - i) * sizeof(*c->fix));
+    c->nfix -= i;
 }
 
 /*
@@ -233,13 +324,22 @@ conn_exec_binary(struct conn *c, const char *buf, size_t len, size_t *need,
     case PROTO_NEED_MORE:
         *need = used;
         return 0;
-    case PROTO_OK:
+    case PROTO_OK: {
+        uint64_t at = reply_total(&c->out);
+
         if (w->srv->cfg->verbose > 1) {
             fprintf(stderr, "<%d Read binary protocol data: opcode 0x%02x\n",
                     c->fd, rq.opcode);
         }
         *act = handler_bin(&w->cx, &rq);
+        if (w->cx.pending > 0) {
+            char fail[HANDLER_FAIL_MAX];
+
+            conn_fix_push(c, at, w->cx.pending, fail,
+                          handler_bin_failure(&rq, fail));
+        }
         return used;
+    }
     case PROTO_E2BIG:
         /* The refusal needs the key (a failed set drops the old value),
          * so wait for it; the value itself is skipped unread. */
@@ -280,13 +380,22 @@ conn_exec_text(struct conn *c, const char *buf, size_t len, size_t *need,
     case PROTO_NEED_MORE:
         *need = used;
         return 0;
-    case PROTO_OK:
+    case PROTO_OK: {
+        uint64_t at = reply_total(&c->out);
+
         if (w->srv->cfg->verbose > 1) {
             fprintf(stderr, "<%d %.*s\n", c->fd, (int)(rq.line_len > 200 ?
                     200 : rq.line_len), rq.line);
         }
         *act = handler_text(&w->cx, &rq);
+        if (w->cx.pending > 0) {
+            char fail[HANDLER_FAIL_MAX];
+
+            conn_fix_push(c, at, w->cx.pending, fail,
+                          handler_text_failure(&rq, fail));
+        }
         return used;
+    }
     case PROTO_EMAGIC:
         *act = handler_text_refused(&w->cx, rc, &rq);
         return len;
@@ -578,7 +687,9 @@ worker_wake(struct ev_loop *loop, ev_async *a, int revents)
          */
         for (struct conn *c = w->done; c != NULL; c = c->done_next) {
             c->pending -= c->completed;
+            conn_fix_done(c, c->completed, c->fail_at);
             c->completed = 0;
+            c->fail_at = UINT_MAX;
             c->in_done = false;
             c->ready_next = ready;
             ready = c;

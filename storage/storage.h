@@ -109,10 +109,13 @@ struct store_sink {
 /*
  * A write that is applied but not yet durable. The caller sets done; a
  * backend that sets call->pending calls done exactly once, from any thread,
- * when the write is on disk. The caller must not send the reply before.
+ * when the write is on disk (rc STORE_OK) or cannot be made durable (an
+ * error: the write must be reported as failed). The caller must not send
+ * the reply before. For one caller, completions come in the order its
+ * writes were made, and once one has failed every later one fails too.
  */
 struct store_wait {
-    void (*done)(struct store_wait *w);
+    void (*done)(struct store_wait *w, store_rc_e rc);
 };
 
 /* Per-call context: one per request, caller-owned. */

@@ -814,10 +814,11 @@ struct twait {
 };
 
 static void
-twait_done(struct store_wait *w)
+twait_done(struct store_wait *w, store_rc_e rc)
 {
     struct twait *tw = (struct twait *)(void *)w;
 
+    ck_assert_int_eq(rc, STORE_OK);
     atomic_fetch_add(&tw->done, 1);
 }
 

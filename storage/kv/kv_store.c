@@ -130,8 +130,9 @@ run(struct store_thr *t, struct store_call *c, struct kv_op *op)
     kv_idle(t);
     persist_sync_throttle(&s->ps);
     kv_submit(t, op);
-    if (op->wrote) {
-        persist_sync_wait(&s->ps, c, op->seq);
+    if (op->wrote && persist_sync_wait(&s->ps, c, op->seq) != STORE_OK) {
+        /* Committed, but a sync failed: it cannot be promised. */
+        op->rc = STORE_EIO;
     }
     return op->rc;
 }

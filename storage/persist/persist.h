@@ -142,11 +142,12 @@ void persist_sync_throttle(struct persist_sync *ps);
 
 /*
  * After a write whose commit is seq: makes the caller wait for durability
- * per the mode, registering c->wait (c->pending = true) when given, else
- * blocking. Any thread, holding no backend lock.
+ * per the mode, registering c->wait (c->pending = true; its done gets the
+ * outcome) when given, else blocking. STORE_EIO when a sync has failed:
+ * the write cannot be promised. Any thread, holding no backend lock.
  */
-void persist_sync_wait(struct persist_sync *ps, struct store_call *c,
-                       uint64_t seq);
+store_rc_e persist_sync_wait(struct persist_sync *ps, struct store_call *c,
+                             uint64_t seq);
 
 /*
  * A maintenance thread's lifecycle and clock: a lock, a monotonic cond to

@@ -110,8 +110,7 @@ sync_once(struct persist_sync *ps, struct taken *tk)
         /*
          * After a failed fsync the kernel may have dropped the dirty
          * pages: nothing written since can be promised, so writes stop
-         * (reads go on). The waiting writes are completed all the same:
-         * the interface has no way to fail them now.
+         * (reads go on), and the writes that waited on it fail.
          */
         inc(&ps->errors, 1);
         atomic_store(ps->wfail, rc);
@@ -124,8 +123,11 @@ sync_once(struct persist_sync *ps, struct taken *tk)
     atomic_store_explicit(&ps->synced_seq, target, memory_order_release);
     pthread_cond_broadcast(&ps->synced_cond);
     pthread_mutex_unlock(&ps->lock);
+    /* Sticky: a commit made before a failed sync may be covered by a
+     * later one that "succeeds" on pages the kernel already dropped. */
     for (size_t i = 0; i < tk->n; i++) {
-        tk->w[i]->done(tk->w[i]);
+        tk->w[i]->done(tk->w[i], atomic_load(ps->wfail) != 0 ? STORE_EIO
+                                                            : STORE_OK);
     }
     pthread_mutex_lock(&ps->lock);
 }
@@ -284,17 +286,26 @@ persist_sync_kick(struct persist_sync *ps)
     pthread_mutex_unlock(&ps->lock);
 }
 
-void
+/* What a write whose commit a sync covered learns: failed once any did. */
+static store_rc_e
+sync_rc(struct persist_sync *ps)
+{
+    return atomic_load(ps->wfail) != 0 ? STORE_EIO : STORE_OK;
+}
+
+store_rc_e
 persist_sync_wait(struct persist_sync *ps, struct store_call *c, uint64_t seq)
 {
-    if (ps->mode != STORE_SYNC_ALWAYS || !ps->on ||
-        atomic_load_explicit(&ps->synced_seq, memory_order_acquire) >= seq) {
-        return;
+    if (ps->mode != STORE_SYNC_ALWAYS || !ps->on) {
+        return STORE_OK;
+    }
+    if (atomic_load_explicit(&ps->synced_seq, memory_order_acquire) >= seq) {
+        return sync_rc(ps);
     }
     pthread_mutex_lock(&ps->lock);
     if (atomic_load_explicit(&ps->synced_seq, memory_order_relaxed) >= seq) {
         pthread_mutex_unlock(&ps->lock);
-        return;
+        return sync_rc(ps);
     }
     if (c->wait != NULL) {
         if (ps->nwaits == ps->waits_cap) {
@@ -311,7 +322,7 @@ persist_sync_wait(struct persist_sync *ps, struct store_call *c, uint64_t seq)
             c->pending = true;
             pthread_cond_signal(&ps->cond);
             pthread_mutex_unlock(&ps->lock);
-            return;
+            return STORE_OK;
         }
         /* Out of memory for the list: wait here instead. */
     }
@@ -321,6 +332,7 @@ persist_sync_wait(struct persist_sync *ps, struct store_call *c, uint64_t seq)
         pthread_cond_wait(&ps->synced_cond, &ps->lock);
     }
     pthread_mutex_unlock(&ps->lock);
+    return sync_rc(ps);
 }
 
 void
