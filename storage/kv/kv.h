@@ -189,6 +189,13 @@ struct kv_backend {
     void (*abort)(struct kv_be *b);
 
     /*
+     * Gives back disk space the store holds but no longer needs (sqlite:
+     * the WAL, copied into the database and truncated). The write lead's,
+     * between transactions; may be NULL.
+     */
+    kv_err_e (*reclaim)(struct kv_be *b);
+
+    /*
      * The maintenance thread's round, with its own reader: the adapter's
      * upkeep (sqlite: checkpoints). May be NULL.
      */
@@ -274,6 +281,20 @@ bool kv_grow(unsigned char **buf, size_t *cap, size_t n);
  * full disk from the store's own limit when a library says only "full".
  */
 bool kv_disk_full(const char *dir, uint64_t min);
+
+/*
+ * The reserve: a file of KV_RESERVE bytes kept in every persistent data
+ * directory and given back when the disk is full, so that a store can
+ * still open (sqlite needs its -shm) and deletes can still free space.
+ */
+#define KV_RESERVE_FILE "stashd.reserve"
+#define KV_RESERVE      (1024u * 1024u)
+
+/* Deletes dir's reserve; true when there was one to give back. */
+bool kv_reserve_release(const char *dir);
+
+/* Makes dir's reserve unless it exists or would leave under min free. */
+void kv_reserve_make(const char *dir, uint64_t min);
 
 /* Little-endian helpers for adapters' on-disk layouts. */
 static inline void

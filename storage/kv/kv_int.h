@@ -39,6 +39,13 @@
 #define KV_ITEM_MAX_LOWEST   1024u
 #define KV_ITEM_MAX_HIGHEST  (1024u * 1024u * 1024u)
 
+/*
+ * Free space left beside the reserve when it is made again: the reserve
+ * comes before data (writes past a full disk fail anyway), so it is made
+ * back at the first chance, a little room kept for what is in flight.
+ */
+#define KV_RESERVE_SLACK (64u * 1024u)
+
 /* Damaged records logged by name before the log only counts them. */
 #define KV_LOG_BAD_MAX 100u
 

@@ -136,6 +136,7 @@ struct sweep {
     uint32_t      pass_time;
     uint64_t      swept_cas;              /* covered by finished passes */
     uint32_t      swept_time;
+    unsigned      ticks;
 };
 
 /* What a scan collects into the op. */
@@ -361,6 +362,11 @@ maint_work(struct store *s, struct store_thr *t, struct sweep *sw,
     }
     if (s->be->tick != NULL) {
         s->be->tick(s->b, t->rd);
+    }
+    /* A reserve given back to a full disk is made again once there is
+     * room to spare (a stat a second). */
+    if (++sw->ticks % 10 == 0) {
+        kv_reserve_make(s->dir, KV_RESERVE_SLACK);
     }
     return more;
 }

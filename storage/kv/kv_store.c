@@ -483,11 +483,20 @@ kv_open(const struct kv_backend *be, const struct store_cfg *cfg,
     }
     atomic_init(&s->now_seen, cfg->now);
     if ((rc = persist_make_dir(cfg, s->dir)) != STORE_OK ||
-        (rc = persist_lock_dir(cfg, s->dir, &s->lock_fd)) != STORE_OK ||
-        (rc = be->open(cfg, s->dir, &s->host, &s->b, &s->meta)) !=
-            STORE_OK) {
+        (rc = persist_lock_dir(cfg, s->dir, &s->lock_fd)) != STORE_OK) {
         goto fail;
     }
+    if (kv_disk_full(s->dir, KV_RESERVE) && kv_reserve_release(s->dir)) {
+        /* What opening takes (sqlite's -shm, a snapshot) must fit. */
+        fprintf(stderr, "stashd: %s: the disk is full: released the "
+                "%u-byte reserve so that the store can open\n", s->dir,
+                KV_RESERVE);
+    }
+    if ((rc = be->open(cfg, s->dir, &s->host, &s->b, &s->meta)) !=
+        STORE_OK) {
+        goto fail;
+    }
+    kv_reserve_make(s->dir, KV_RESERVE_SLACK);
     /* The file holds a ceiling: resume there, above every CAS in it. */
     s->cas_ceiling = s->meta.cas_max;
     atomic_init(&s->flush_cas, s->meta.flush_cas);

@@ -4,8 +4,13 @@
  */
 #include "storage/kv/kv.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 bool
 kv_grow(unsigned char **buf, size_t *cap, size_t n)
@@ -38,4 +43,43 @@ kv_disk_full(const char *dir, uint64_t min)
         return false;
     }
     return (uint64_t)sv.f_bavail * sv.f_frsize < min;
+}
+
+static void
+reserve_path(const char *dir, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/%s", dir, KV_RESERVE_FILE);
+}
+
+bool
+kv_reserve_release(const char *dir)
+{
+    char path[4096];
+
+    reserve_path(dir, path, sizeof(path));
+    return unlink(path) == 0;
+}
+
+void
+kv_reserve_make(const char *dir, uint64_t min)
+{
+    char path[4096];
+    struct stat st;
+    int fd;
+
+    reserve_path(dir, path, sizeof(path));
+    if (stat(path, &st) == 0 || kv_disk_full(dir, min + KV_RESERVE)) {
+        return;
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return;
+    }
+    /* Blocks really taken (a sparse file would give nothing back). */
+    if (posix_fallocate(fd, 0, KV_RESERVE) != 0 || fsync(fd) != 0) {
+        close(fd);
+        unlink(path);
+        return;
+    }
+    close(fd);
 }

@@ -16,6 +16,7 @@
  */
 #include "storage/kv/kv_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "storage/rules.h"
@@ -900,6 +901,47 @@ evict_for_room(struct store *s, uint32_t now)
     (void)run_txn(s, &op, true);
 }
 
+/* Whether op can give disk space back (so may spend the reserve on it). */
+static bool
+frees_space(const struct kv_op *op)
+{
+    return op->kind == KV_OP_DEL || op->kind == KV_OP_FLUSH ||
+           op->kind == KV_OP_MAINT;
+}
+
+/*
+ * After "the disk is full" for op (alone in its transaction): gives back
+ * what the store can (the adapter's reclaim; a sync, after which pages
+ * freed since the last one can be used again) and tries once more. Only
+ * an op that frees space (a delete, a flush, the sweeper's) may spend the
+ * reserve, so that on a full disk deletes always can.
+ */
+static kv_err_e
+retry_nospc(struct store *s, struct kv_op *op)
+{
+    kv_err_e e;
+
+    if (s->be->reclaim != NULL) {
+        (void)s->be->reclaim(s->b);
+    }
+    persist_sync_now(&s->ps);
+    if (!frees_space(op)) {
+        /* What reclaim gave back makes the reserve first, if it went. */
+        kv_reserve_make(s->dir, KV_RESERVE_SLACK);
+    }
+    e = run_txn(s, op, true);
+    if (e == KV_NOSPC && frees_space(op) && kv_reserve_release(s->dir)) {
+        fprintf(stderr, "stashd: %s: the disk is full: released the "
+                "%u-byte reserve so that deletes can free space\n", s->dir,
+                KV_RESERVE);
+        if (s->be->reclaim != NULL) {
+            (void)s->be->reclaim(s->b);
+        }
+        e = run_txn(s, op, true);
+    }
+    return e;
+}
+
 /* Runs a batch; on failure reruns each op alone so only the bad one fails. */
 static void
 run_batch(struct store *s, struct kv_op *batch)
@@ -923,6 +965,9 @@ run_batch(struct store *s, struct kv_op *batch)
         if (e == KV_FULL && !s->no_evict && op->kind != KV_OP_MAINT) {
             evict_for_room(s, op->now);
             e = run_txn(s, op, true);
+        }
+        if (e == KV_NOSPC) {
+            e = retry_nospc(s, op);
         }
         if (e != KV_OK) {
             op->rc = kv_rc(e);

@@ -668,6 +668,7 @@ const struct kv_backend lm_backend = {
     .window = lm_window,
     .commit = lm_commit,
     .abort = lm_abort,
+    .reclaim = NULL,
     .tick = NULL,
     .stats = lm_stats,
 };

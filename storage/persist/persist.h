@@ -79,6 +79,7 @@ struct persist_sync {
     pthread_cond_t      cond;        /* monotonic: wakes the syncer */
     pthread_cond_t      synced_cond; /* a sync finished */
     bool                stop;        /* lock */
+    bool                urgent;      /* lock: sync now, whatever the mode */
     struct store_wait **waits;       /* lock: pending completions */
     size_t              nwaits;
     size_t              waits_cap;
@@ -124,6 +125,13 @@ void persist_sync_stats(struct persist_sync *ps, const char *prefix,
 
 /* Wakes the syncer; any thread. */
 void persist_sync_kick(struct persist_sync *ps);
+
+/*
+ * Has every commit so far synced now, whatever the mode, and waits for it
+ * (a store whose space comes back only after a sync). No-op without a
+ * syncer thread. Any thread but the syncer's.
+ */
+void persist_sync_now(struct persist_sync *ps);
 
 /*
  * After the commit numbered seq: wakes the syncer when it is due now

@@ -152,9 +152,11 @@ sync_main(void *arg)
         struct timespec ts;
 
         if (dirty && (ps->mode == STORE_SYNC_ALWAYS || ps->stop ||
+                      ps->urgent ||
                       now - last >= interval ||
                       (ps->pressure != 0 && behind >= ps->pressure))) {
             last = now;
+            ps->urgent = false;
             sync_once(ps, &tk);
             continue;
         }
@@ -273,6 +275,27 @@ persist_sync_throttle(struct persist_sync *ps)
     while (!ps->stop &&
            atomic_load_explicit(&ps->synced_seq, memory_order_relaxed) +
            PERSIST_THROTTLE * ps->pressure / 2 < seq) {
+        pthread_cond_wait(&ps->synced_cond, &ps->lock);
+    }
+    pthread_mutex_unlock(&ps->lock);
+}
+
+void
+persist_sync_now(struct persist_sync *ps)
+{
+    uint64_t seq;
+
+    if (!ps->on) {
+        return;
+    }
+    seq = atomic_load_explicit(ps->seq, memory_order_acquire);
+    pthread_mutex_lock(&ps->lock);
+    if (atomic_load_explicit(&ps->synced_seq, memory_order_relaxed) < seq) {
+        ps->urgent = true;
+        pthread_cond_signal(&ps->cond);
+    }
+    while (!ps->stop &&
+           atomic_load_explicit(&ps->synced_seq, memory_order_relaxed) < seq) {
         pthread_cond_wait(&ps->synced_cond, &ps->lock);
     }
     pthread_mutex_unlock(&ps->lock);

@@ -76,6 +76,9 @@ struct kv_be {
     /* The writer: the write lead's only. */
     struct sq_conn        w;
     sqlite3_stmt         *wopen;       /* a stepped statement to reset */
+    int                   wal_now;     /* frames in the WAL (its hook) */
+    int                   wal_seen;    /* ... when the disk was looked at */
+    int64_t               wal_cap;     /* WAL bytes the disk allows now */
     unsigned char        *scratch;     /* a value put in two pieces */
     size_t                scratch_cap;
 
@@ -170,6 +173,12 @@ void sq_abort(struct kv_be *b);
 
 /* The maintenance round: checkpoints (sq_maint.c). */
 void sq_tick(struct kv_be *b, struct kv_rd *r);
+
+/* Copies the WAL into the database and truncates it: the disk is full. */
+kv_err_e sq_reclaim(struct kv_be *b);
+
+/* Resets what the writer's last load left stepped (its value's buffer). */
+void sq_settle(struct kv_be *b);
 
 /* The "stats" lines of the adapter (sq_stats.c). */
 void sq_stats(struct kv_be *b, struct kv_rd *r, store_emit_fn emit,

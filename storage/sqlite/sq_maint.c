@@ -54,6 +54,7 @@ struct catch_up {
     struct kv_be *b;
     struct kv_rd *r;
     bool          all;
+    int           mode;
 };
 
 /* Under the write lead: nothing is appended, so the copy completes. */
@@ -63,7 +64,7 @@ catch_up(void *arg)
     struct catch_up *cu = arg;
     int frames;
 
-    cu->all = checkpoint(cu->b, cu->r, SQLITE_CHECKPOINT_RESTART, &frames);
+    cu->all = checkpoint(cu->b, cu->r, cu->mode, &frames);
 }
 
 void
@@ -71,6 +72,7 @@ sq_tick(struct kv_be *b, struct kv_rd *r)
 {
     const struct kv_host *h = b->host;
     uint64_t seq = h->seq(h->s);
+    int64_t wal;
     int frames = 0;
 
     if (seq == b->ckpt_seq && !b->ckpt_behind) {
@@ -78,12 +80,42 @@ sq_tick(struct kv_be *b, struct kv_rd *r)
     }
     b->ckpt_seq = seq;
     b->ckpt_behind = !checkpoint(b, r, SQLITE_CHECKPOINT_PASSIVE, &frames);
-    if ((int64_t)frames * (b->page_size + 24) > b->wal_restart) {
-        struct catch_up cu = { b, r, false };
+    wal = (int64_t)frames * (b->page_size + 24);
+    if (wal > b->wal_restart ||
+        (wal > 0 && kv_disk_full(b->dir, (uint64_t)b->wal_restart))) {
+        /* On a nearly full disk the WAL is given back as soon as it is
+         * copied, not left to grow to wal_restart. */
+        struct catch_up cu = { b, r, false, 0 };
 
+        cu.mode = kv_disk_full(b->dir, (uint64_t)b->wal_restart)
+                  ? SQLITE_CHECKPOINT_TRUNCATE : SQLITE_CHECKPOINT_RESTART;
         h->exclusive(h->s, catch_up, &cu);
         atomic_fetch_add_explicit(&b->ckpt_restarts, 1, memory_order_relaxed);
         b->ckpt_behind = !cu.all;
         b->ckpt_seq = h->seq(h->s);
     }
+}
+
+kv_err_e
+sq_reclaim(struct kv_be *b)
+{
+    int rc;
+
+    /*
+     * The writer runs synchronous=OFF, and a checkpoint syncs as its
+     * connection says: NORMAL for this one, so that the database is on
+     * disk before the WAL it came from is truncated away.
+     */
+    sq_settle(b);
+    (void)sqlite3_exec(b->w.db, "PRAGMA synchronous = NORMAL", NULL, NULL,
+                       NULL);
+    rc = sqlite3_wal_checkpoint_v2(b->w.db, "main",
+                                   SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    (void)sqlite3_exec(b->w.db, "PRAGMA synchronous = OFF", NULL, NULL,
+                       NULL);
+    if (rc == SQLITE_OK) {
+        atomic_fetch_add_explicit(&b->checkpoints, 1, memory_order_relaxed);
+        atomic_store_explicit(&b->wal_frames, 0, memory_order_relaxed);
+    }
+    return sq_err(b, rc);
 }

@@ -710,6 +710,18 @@ path_join(const char *dir, const char *name, const char *suffix)
     return p;
 }
 
+/* After each commit: how many frames the WAL holds (no checkpoint). */
+static int
+wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    struct kv_be *b = arg;
+
+    (void)db;
+    (void)name;
+    b->wal_now = frames;
+    return SQLITE_OK;
+}
+
 static store_rc_e
 sq_open(const struct store_cfg *cfg, const char *dir,
         const struct kv_host *host, struct kv_be **out, struct kv_meta *m)
@@ -758,6 +770,8 @@ sq_open(const struct store_cfg *cfg, const char *dir,
         m->created = cfg->now;
     }
     b->ckpt_seq = host->seq(host->s);
+    b->wal_cap = b->wal_restart;
+    sqlite3_wal_hook(b->w.db, wal_hook, b);
     *out = b;
     return STORE_OK;
 fail:
@@ -787,6 +801,7 @@ const struct kv_backend sq_backend = {
     .window = sq_window,
     .commit = sq_commit,
     .abort = sq_abort,
+    .reclaim = sq_reclaim,
     .tick = sq_tick,
     .stats = sq_stats,
 };

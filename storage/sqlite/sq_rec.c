@@ -20,6 +20,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 /* Under this much free, SQLITE_FULL is the disk's. */
 #define SQ_DISK_MIN (256u * 1024u)
@@ -227,9 +228,8 @@ sq_rd_expired(struct kv_rd *r, uint32_t now, unsigned limit, kv_scan_fn fn,
 
 /* ----------------------------------------------------------------- writer */
 
-/* Resets what the writer's last load left stepped (its value's buffer). */
-static void
-settle(struct kv_be *b)
+void
+sq_settle(struct kv_be *b)
 {
     if (b->wopen != NULL) {
         sqlite3_reset(b->wopen);
@@ -265,7 +265,7 @@ run_done(sqlite3_stmt *st)
 void
 sq_abort(struct kv_be *b)
 {
-    settle(b);
+    sq_settle(b);
     if (!sqlite3_get_autocommit(b->w.db)) {
         (void)step_once(b, SQ_ROLLBACK);
     }
@@ -276,7 +276,7 @@ sq_begin(struct kv_be *b)
 {
     int rc;
 
-    settle(b);
+    sq_settle(b);
     rc = step_once(b, SQ_BEGIN);
     if (rc != SQLITE_OK) {
         sq_abort(b);
@@ -291,7 +291,7 @@ sq_load(struct kv_be *b, const void *key, size_t klen, bool with_value,
     sqlite3_stmt *st;
     int rc;
 
-    settle(b);
+    sq_settle(b);
     st = sq_stmt(&b->w, with_value ? SQ_LOADV : SQ_LOAD);
     if (st == NULL) {
         return KV_EIO;
@@ -337,7 +337,7 @@ sq_put(struct kv_be *b, const void *key, size_t klen, const struct kv_rec *r,
     const void *v = na > 0 ? a : c;
     size_t vlen = na + nc;
 
-    settle(b);
+    sq_settle(b);
     st = sq_stmt(&b->w, SQ_PUT);
     if (st == NULL) {
         return KV_EIO;
@@ -364,7 +364,7 @@ sq_put_rec(struct kv_be *b, const void *key, size_t klen,
     sqlite3_stmt *st;
     kv_err_e e;
 
-    settle(b);
+    sq_settle(b);
     st = sq_stmt(&b->w, SQ_PUTREC);
     if (st == NULL) {
         return KV_EIO;
@@ -384,7 +384,7 @@ sq_del(struct kv_be *b, const void *key, size_t klen)
     sqlite3_stmt *st;
     kv_err_e e;
 
-    settle(b);
+    sq_settle(b);
     st = sq_stmt(&b->w, SQ_DEL);
     if (st == NULL) {
         return KV_EIO;
@@ -401,8 +401,42 @@ kv_err_e
 sq_window(struct kv_be *b, const void *from, size_t flen, unsigned limit,
           kv_scan_fn fn, void *arg)
 {
-    settle(b);
+    sq_settle(b);
     return scan(&b->w, from, flen, limit, fn, arg);
+}
+
+/*
+ * Keeps the WAL within what the disk can take. A WAL may only be copied
+ * into the database if the database can grow by as much, so on a nearly
+ * full disk a WAL allowed to reach wal_restart would hold the room the
+ * copy needs, and nothing could be written again. So the disk is looked
+ * at every megabyte of WAL, and with less than twice wal_restart free the
+ * WAL is copied and truncated as soon as it holds a quarter of what is
+ * free: the data lands in the database, where deletes make room.
+ */
+static void
+wal_guard(struct kv_be *b)
+{
+    int64_t frame = (int64_t)b->page_size + 24;
+    int64_t bytes = (int64_t)b->wal_now * frame;
+    struct statvfs sv;
+
+    if (bytes - (int64_t)b->wal_seen * frame >= 1024 * 1024 ||
+        b->wal_now < b->wal_seen) {
+        b->wal_seen = b->wal_now;
+        b->wal_cap = b->wal_restart;
+        if (statvfs(b->dir, &sv) == 0) {
+            int64_t free = (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
+
+            if (free < 2 * b->wal_restart) {
+                b->wal_cap = free / 4 > 64 * 1024 ? free / 4 : 64 * 1024;
+            }
+        }
+    }
+    if (b->wal_cap < b->wal_restart && bytes > b->wal_cap) {
+        (void)sq_reclaim(b);
+        b->wal_seen = b->wal_now = 0;
+    }
 }
 
 kv_err_e
@@ -410,7 +444,7 @@ sq_commit(struct kv_be *b, const struct kv_meta *m, bool meta_due)
 {
     int rc = SQLITE_OK;
 
-    settle(b);
+    sq_settle(b);
     /*
      * The meta row only when it is due (a flush, a new CAS lease, the
      * first commit, which marks the store in use): most commits write
@@ -424,6 +458,8 @@ sq_commit(struct kv_be *b, const struct kv_meta *m, bool meta_due)
     }
     if (rc != SQLITE_OK) {
         sq_abort(b);
+        return sq_err(b, rc);
     }
-    return sq_err(b, rc);
+    wal_guard(b);
+    return KV_OK;
 }
