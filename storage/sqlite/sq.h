@@ -171,6 +171,13 @@ kv_err_e sq_window(struct kv_be *b, const void *from, size_t flen,
 kv_err_e sq_commit(struct kv_be *b, const struct kv_meta *m, bool meta_due);
 void sq_abort(struct kv_be *b);
 
+/*
+ * Before SQLite opens the database: refuses a WAL whose damage would make
+ * SQLite drop committed frames silently (sq_wal.c); logs what a crash
+ * left incomplete.
+ */
+store_rc_e sq_wal_check(const struct store_cfg *cfg, struct kv_be *b);
+
 /* The maintenance round: checkpoints (sq_maint.c). */
 void sq_tick(struct kv_be *b, struct kv_rd *r);
 

@@ -752,7 +752,8 @@ sq_open(const struct store_cfg *cfg, const char *dir,
         rc = STORE_EINVAL;
         goto fail;
     }
-    if ((rc = check_dir(cfg, b, &fresh)) != STORE_OK) {
+    if ((rc = check_dir(cfg, b, &fresh)) != STORE_OK ||
+        (rc = sq_wal_check(cfg, b)) != STORE_OK) {
         goto fail;
     }
     if (sq_connect(b, &b->w, true, fresh, msg, sizeof(msg)) != SQLITE_OK) {
