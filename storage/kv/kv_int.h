@@ -46,6 +46,9 @@
  */
 #define KV_RESERVE_SLACK (64u * 1024u)
 
+/* Damaged records remembered as reported, so a sighting counts once. */
+#define KV_BAD_RECENT 16u
+
 /* Damaged records logged by name before the log only counts them. */
 #define KV_LOG_BAD_MAX 100u
 
@@ -191,6 +194,8 @@ struct store {
     /* Damaged records readers found, for the maintenance thread. */
     pthread_mutex_t  bad_lock;
     struct kv_keybuf bad;         /* bad_lock */
+    uint64_t         bad_recent[KV_BAD_RECENT]; /* bad_lock: reported */
+    unsigned         bad_next;    /* bad_lock */
     _Atomic unsigned bad_logged;
 
     /* Maintenance thread. */

@@ -95,11 +95,36 @@ kv_hint(struct store *s, const struct store_key *k, uint64_t cas,
     pthread_mutex_unlock(&s->hint_lock);
 }
 
+/*
+ * Whether this damaged record was reported a moment ago (a hot key read
+ * again before the maintenance thread removed it); notes it if not.
+ */
+static bool
+bad_seen(struct store *s, const void *key, size_t klen, uint64_t cas)
+{
+    uint64_t id = (uint64_t)kv_crc32c(0, key, klen) << 32 ^ cas;
+    bool seen = false;
+
+    pthread_mutex_lock(&s->bad_lock);
+    for (unsigned i = 0; i < KV_BAD_RECENT; i++) {
+        seen = seen || s->bad_recent[i] == id;
+    }
+    if (!seen) {
+        s->bad_recent[s->bad_next++ % KV_BAD_RECENT] = id;
+    }
+    pthread_mutex_unlock(&s->bad_lock);
+    return seen;
+}
+
 void
 kv_bad_record(struct store *s, const void *key, size_t klen, uint64_t cas)
 {
-    unsigned n = atomic_fetch_add(&s->bad_logged, 1);
+    unsigned n;
 
+    if (bad_seen(s, key, klen, cas)) {
+        return;
+    }
+    n = atomic_fetch_add(&s->bad_logged, 1);
     kv_inc(&s->ctr.bad_records, 1);
     if (n < KV_LOG_BAD_MAX) {
         char shown[STORE_KEY_MAX * 4 + 1];
@@ -166,6 +191,7 @@ collect_one(struct collect *co, const void *key, size_t klen,
         return true;
     }
     if (!kv_sum_meta_ok(&v->r)) {
+        kv_bad_record(co->s, key, klen, v->r.cas);
         if (!kv_keybuf_add(&co->mt->bad, key, klen, v->r.cas, NULL)) {
             co->full = true;
             return false;

@@ -39,6 +39,7 @@ struct kv_wctx {
     uint64_t        reclaimed;
     uint64_t        refreshes;
     uint64_t        bad_removed;
+    bool            bad_known;         /* damage met is already reported */
 };
 
 /* The record already stored under a key, if any. */
@@ -174,7 +175,9 @@ load(struct kv_wctx *w, const void *kdata, size_t klen, uint32_t now,
     ok = with_value ? kv_sum_ok(&v.r, kdata, klen, v.val, v.vlen)
                     : kv_sum_meta_ok(&v.r);
     if (!ok) {
-        kv_bad_record(s, kdata, klen, v.r.cas);
+        if (!w->bad_known) {
+            kv_bad_record(s, kdata, klen, v.r.cas);
+        }
         if (!del(w, kdata, klen, kv_item_size(klen, v.vlen))) {
             return false;
         }
@@ -733,14 +736,17 @@ apply_maint(struct kv_wctx *w, struct kv_op *op)
             mt->deleted++;
         }
     }
-    /* Damaged records readers met: loading them whole removes them. */
+    /* Damaged records met (and reported) elsewhere: loading them whole
+     * removes them. */
     it.p = mt->bad.p;
     it.end = mt->bad.p + mt->bad.len;
+    w->bad_known = true;
     while (kv_kb_next(&it, &key, &klen, &cas, &time)) {
         if (!load(w, key, klen, op->now, true, &o)) {
             return STORE_EIO;
         }
     }
+    w->bad_known = false;
     /* Recency: readers saw these items; mark them used. */
     it.p = mt->touch.p;
     it.end = mt->touch.p + mt->touch.len;

@@ -62,6 +62,9 @@ struct kv_be {
     unsigned              psize;
     bool                  snapshots;  /* the pinned-snapshot scheme */
     char                  boot_id[48];
+    unsigned char         undo[2 * LM_SNAP_META]; /* LMDB's metas before a
+                                                   * restore */
+    unsigned              undo_psize; /* 0: nothing restored to undo */
 
     /* The writer: the write lead's only. */
     MDB_txn              *wtxn;
@@ -137,6 +140,9 @@ int lm_sync(struct kv_be *b);
  * have reached the disk). STORE_OK, or an error with cfg's message.
  */
 store_rc_e lm_snap_restore(const struct store_cfg *cfg, struct kv_be *b);
+
+/* Puts back the meta pages a restore replaced (the file was refused). */
+void lm_snap_undo(struct kv_be *b);
 
 /*
  * After LMDB opened the file: checks the meta page layout this scheme

@@ -192,6 +192,10 @@ walk_child(const char *dir, const char *path, uint64_t map_size, int fd)
             rc = 0;              /* no items DB: an empty environment */
         }
     }
+    if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
+        /* Not a damaged store but no LMDB file at all: env_open says so. */
+        _exit(5);
+    }
     if (rc != 0) {
         dprintf(fd, "E %s\n", mdb_strerror(rc));
         _exit(3);
@@ -289,8 +293,9 @@ walk(const struct store_cfg *cfg, struct kv_be *b, off_t file_size)
     }
     walk_report(b, buf != NULL ? buf : "", n, why, sizeof(why));
     free(buf);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-        return STORE_OK;
+    if (WIFEXITED(status) && (WEXITSTATUS(status) == 0 ||
+                              WEXITSTATUS(status) == 5)) {
+        return STORE_OK;          /* 5: env_open refuses it, with words */
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 4) {
         unsigned long long have = 0;
@@ -614,6 +619,11 @@ lm_open(const struct store_cfg *cfg, const char *dir,
         (exists && (rc = walk(cfg, b, size)) != STORE_OK) ||
         (rc = env_open(cfg, b)) != STORE_OK ||
         (rc = meta_load(cfg, b, m)) != STORE_OK) {
+        if (b->env != NULL) {
+            mdb_env_close(b->env);
+            b->env = NULL;
+        }
+        lm_snap_undo(b);
         lm_free(b);
         return rc;
     }

@@ -62,8 +62,6 @@ struct snap {
     uint64_t      seq;
     uint64_t      txnid;
     uint32_t      psize;
-    uint64_t      dev;
-    uint64_t      ino;
     char          boot[48];
     unsigned char meta[LM_SNAP_META];
 };
@@ -79,8 +77,6 @@ snap_encode(unsigned char *p, const struct snap *sn)
     kv_put64(p + 24, sn->txnid);
     kv_put32(p + 32, sn->psize);
     memcpy(p + 40, sn->boot, sizeof(sn->boot));
-    kv_put64(p + 80, sn->dev);
-    kv_put64(p + 88, sn->ino);
     memcpy(p + SNAP_META_OFF, sn->meta, LM_SNAP_META);
     kv_put32(p + SNAP_CRC_OFF, kv_crc32c(0, p, SNAP_CRC_OFF));
 }
@@ -98,8 +94,6 @@ snap_decode(const unsigned char *p, struct snap *sn)
     sn->psize = kv_get32(p + 32);
     memcpy(sn->boot, p + 40, sizeof(sn->boot));
     sn->boot[sizeof(sn->boot) - 1] = '\0';
-    sn->dev = kv_get64(p + 80);
-    sn->ino = kv_get64(p + 88);
     memcpy(sn->meta, p + SNAP_META_OFF, LM_SNAP_META);
     return true;
 }
@@ -149,6 +143,43 @@ boot_id(const struct store_cfg *cfg, char *out, size_t cap)
     fclose(f);
 }
 
+/* Writes b->undo past the snapshot file's slots, durably. */
+static bool
+keep_undo(struct kv_be *b)
+{
+    int fd = open(b->snap_path, O_RDWR | O_CLOEXEC);
+    bool ok = fd >= 0 &&
+              pwrite(fd, b->undo, sizeof(b->undo), 2 * LM_SNAP_SLOT) ==
+                  (ssize_t)sizeof(b->undo) &&
+              fdatasync(fd) == 0;
+
+    if (fd >= 0) {
+        close(fd);
+    }
+    return ok;
+}
+
+void
+lm_snap_undo(struct kv_be *b)
+{
+    int fd;
+
+    if (b->undo_psize == 0) {
+        return;
+    }
+    fd = open(b->data_path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        return;
+    }
+    if (pwrite(fd, b->undo, LM_SNAP_META, 0) == (ssize_t)LM_SNAP_META &&
+        pwrite(fd, b->undo + LM_SNAP_META, LM_SNAP_META, b->undo_psize) ==
+            (ssize_t)LM_SNAP_META) {
+        (void)fdatasync(fd);
+    }
+    close(fd);
+    b->undo_psize = 0;
+}
+
 store_rc_e
 lm_snap_restore(const struct store_cfg *cfg, struct kv_be *b)
 {
@@ -179,12 +210,26 @@ lm_snap_restore(const struct store_cfg *cfg, struct kv_be *b)
         }
         return STORE_EIO;
     }
-    if ((uint64_t)st.st_dev != sn.dev || (uint64_t)st.st_ino != sn.ino ||
-        sn.psize < LM_SNAP_META || (uint64_t)st.st_size < 2ull * sn.psize) {
-        /* Another file than the one the snapshot was taken of. */
+    if (sn.psize < LM_SNAP_META || (uint64_t)st.st_size < 2ull * sn.psize ||
+        pread(dfd, b->undo, LM_SNAP_META, 0) != (ssize_t)LM_SNAP_META ||
+        pread(dfd, b->undo + LM_SNAP_META, LM_SNAP_META, sn.psize) !=
+            (ssize_t)LM_SNAP_META) {
         close(dfd);
-        return STORE_OK;
+        return STORE_OK;          /* not a file this snapshot fits */
     }
+    /*
+     * LMDB's own meta pages are kept first (here, and in the snapshot
+     * file past its two slots), so that if the file turns out not to be
+     * the one the snapshot was taken of (the walk after this refuses it),
+     * they are put back: a refused file is left as it was.
+     */
+    if (!keep_undo(b)) {
+        persist_err(cfg, "%s: cannot keep LMDB's meta pages before the "
+                    "restore: %s", b->snap_path, strerror(errno));
+        close(dfd);
+        return STORE_EIO;
+    }
+    b->undo_psize = sn.psize;
     for (unsigned i = 0; i < 2; i++) {
         unsigned char page[LM_SNAP_META];
 
@@ -282,7 +327,6 @@ snap_sync(struct kv_be *b, bool clean)
 {
     struct pin_try pt;
     struct snap sn;
-    struct stat st;
     int rc;
 
     memset(&pt, 0, sizeof(pt));
@@ -300,16 +344,11 @@ snap_sync(struct kv_be *b, bool clean)
         }
     }
     rc = mdb_env_sync(b->env, 1);
-    if (rc == 0 && fstat(b->data_fd, &st) != 0) {
-        rc = errno;
-    }
     if (rc == 0) {
         memset(&sn, 0, sizeof(sn));
         sn.flags = clean ? SNAP_CLEAN : 0;
         sn.txnid = pt.txnid;
         sn.psize = b->psize;
-        sn.dev = (uint64_t)st.st_dev;
-        sn.ino = (uint64_t)st.st_ino;
         memcpy(sn.boot, b->boot_id, sizeof(sn.boot));
         memcpy(sn.meta, pt.meta, sizeof(sn.meta));
         rc = snap_write(b, &sn);

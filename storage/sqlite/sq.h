@@ -178,6 +178,9 @@ void sq_abort(struct kv_be *b);
  */
 store_rc_e sq_wal_check(const struct store_cfg *cfg, struct kv_be *b);
 
+/* After a successful open: the boot id sq_wal_check compares with. */
+void sq_boot_note(const struct store_cfg *cfg, const char *dir);
+
 /* The maintenance round: checkpoints (sq_maint.c). */
 void sq_tick(struct kv_be *b, struct kv_rd *r);
 

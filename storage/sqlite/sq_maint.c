@@ -102,17 +102,12 @@ sq_reclaim(struct kv_be *b)
     int rc;
 
     /*
-     * The writer runs synchronous=OFF, and a checkpoint syncs as its
-     * connection says: NORMAL for this one, so that the database is on
-     * disk before the WAL it came from is truncated away.
+     * A checkpoint syncs as its connection says: the writer is NORMAL, so
+     * the database is on disk before the WAL it came from is truncated.
      */
     sq_settle(b);
-    (void)sqlite3_exec(b->w.db, "PRAGMA synchronous = NORMAL", NULL, NULL,
-                       NULL);
     rc = sqlite3_wal_checkpoint_v2(b->w.db, "main",
                                    SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
-    (void)sqlite3_exec(b->w.db, "PRAGMA synchronous = OFF", NULL, NULL,
-                       NULL);
     if (rc == SQLITE_OK) {
         atomic_fetch_add_explicit(&b->checkpoints, 1, memory_order_relaxed);
         atomic_store_explicit(&b->wal_frames, 0, memory_order_relaxed);

@@ -253,10 +253,15 @@ sq_connect(struct kv_be *b, struct sq_conn *c, bool writer,
     if (writer) {
         /*
          * WAL: readers never block the writer nor it them. Commits are
-         * not synced here (synchronous=OFF): the syncer fdatasyncs the WAL
-         * per --sync, off the request path, one sync for many commits.
-         * No auto-checkpoint either: the maintenance thread checkpoints
-         * from its own connection with synchronous=NORMAL.
+         * not synced here: in WAL mode synchronous=NORMAL syncs no commit,
+         * only the WAL's header when the WAL starts over (with OFF, frames
+         * of the new WAL reaching the disk before its header could, after
+         * a power loss, replay the old WAL's frames over pages a later
+         * checkpoint had made newer: SQLite's ticket ff5be73dee; the
+         * power-loss rig caught it). The syncer fdatasyncs the WAL per
+         * --sync, off the request path, one sync for many commits. No
+         * auto-checkpoint either: the maintenance thread checkpoints from
+         * its own connection, NORMAL too.
          */
         if (!query_text(c->db, "PRAGMA journal_mode = WAL", mode,
                         sizeof(mode)) || strcmp(mode, "wal") != 0) {
@@ -268,7 +273,7 @@ sq_connect(struct kv_be *b, struct sq_conn *c, bool writer,
             sq_disconnect(c);
             return rc != SQLITE_OK ? rc : SQLITE_ERROR;
         }
-        rc = run_sql(c->db, "PRAGMA synchronous = OFF;"
+        rc = run_sql(c->db, "PRAGMA synchronous = NORMAL;"
                      "PRAGMA wal_autocheckpoint = 0;"
                      "PRAGMA cache_size = -16384;", msg, msglen);
     } else {
@@ -438,6 +443,26 @@ check_dir(const struct store_cfg *cfg, struct kv_be *b, bool *fresh)
                     b->db_path);
         return STORE_ECORRUPT;
     }
+    snprintf(path, sizeof(path), "%s-journal", b->db_path);
+    if (stat(path, &st) == 0 && st.st_size > 0) {
+        /*
+         * A rollback journal: only a store's creation uses one (before it
+         * switches to WAL), so the creation never finished; SQLite rolls
+         * it back on a writable open. Then look at what is left.
+         */
+        sqlite3 *db = NULL;
+
+        if (sqlite3_open_v2(b->db_path, &db, SQLITE_OPEN_READWRITE |
+                            SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK) {
+            (void)sqlite3_exec(db, "SELECT count(*) FROM sqlite_master",
+                               NULL, NULL, NULL);
+        }
+        sqlite3_close(db);
+        if (stat(b->db_path, &st) != 0) {
+            persist_err(cfg, "%s: %s", b->db_path, strerror(errno));
+            return STORE_EIO;
+        }
+    }
     rc = check_header(cfg, b->db_path, st.st_size);
     if (rc != STORE_OK) {
         return rc;
@@ -469,7 +494,8 @@ create_schema(const struct store_cfg *cfg, struct kv_be *b)
         }
     }
     if (rc == SQLITE_OK) {
-        rc = run_sql(b->w.db, "PRAGMA synchronous = OFF", msg, sizeof(msg));
+        rc = run_sql(b->w.db, "PRAGMA synchronous = NORMAL", msg,
+                     sizeof(msg));
     }
     if (rc != SQLITE_OK) {
         persist_err(cfg, "%s: cannot create the store: %s", b->db_path,
@@ -561,7 +587,6 @@ set_limits(const struct store_cfg *cfg, struct kv_be *b)
 {
     uint64_t mem = cfg->mem_limit != 0 ? cfg->mem_limit
                                         : 64ull * 1024 * 1024;
-    uint32_t item_max = cfg->item_max != 0 ? cfg->item_max : 1024u * 1024u;
     char sql[160];
     char val[32];
     char msg[256] = "";
@@ -575,13 +600,6 @@ set_limits(const struct store_cfg *cfg, struct kv_be *b)
         return STORE_EIO;
     }
     used = strtoull(val, NULL, 10);
-    /* SQLite's largest BLOB (and row) bounds an item. */
-    if ((int64_t)item_max > sqlite3_limit(b->w.db, SQLITE_LIMIT_LENGTH, -1)) {
-        persist_err(cfg, "item size limit %u above SQLite's largest "
-                    "blob (%d bytes)", item_max,
-                    sqlite3_limit(b->w.db, SQLITE_LIMIT_LENGTH, -1));
-        return STORE_EINVAL;
-    }
     pages = (mem * 3 + SQ_PAGE_HEADROOM) / b->page_size;
     if (pages < used + SQ_PAGE_HEADROOM / b->page_size) {
         pages = used + SQ_PAGE_HEADROOM / b->page_size;
@@ -694,7 +712,6 @@ sq_close(struct kv_be *b, const struct kv_meta *m, bool clean)
         }
     }
     (void)sq_sync(b);
-    (void)run_sql(b->w.db, "PRAGMA synchronous = NORMAL", NULL, 0);
     sq_free(b);
 }
 
@@ -720,6 +737,30 @@ wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
     (void)name;
     b->wal_now = frames;
     return SQLITE_OK;
+}
+
+/*
+ * SQLite's largest BLOB (and row) bounds an item: checked on a connection
+ * of no file, before the store is touched (a refused open writes nothing).
+ */
+static store_rc_e
+check_item_max(const struct store_cfg *cfg)
+{
+    uint32_t item_max = cfg->item_max != 0 ? cfg->item_max : 1024u * 1024u;
+    sqlite3 *db = NULL;
+    int max = 0;
+
+    if (sqlite3_open_v2(":memory:", &db, SQLITE_OPEN_READWRITE, NULL) ==
+        SQLITE_OK) {
+        max = sqlite3_limit(db, SQLITE_LIMIT_LENGTH, -1);
+    }
+    sqlite3_close(db);
+    if ((int64_t)item_max > max) {
+        persist_err(cfg, "item size limit %u above SQLite's largest blob "
+                    "(%d bytes)", item_max, max);
+        return STORE_EINVAL;
+    }
+    return STORE_OK;
 }
 
 static store_rc_e
@@ -752,7 +793,8 @@ sq_open(const struct store_cfg *cfg, const char *dir,
         rc = STORE_EINVAL;
         goto fail;
     }
-    if ((rc = check_dir(cfg, b, &fresh)) != STORE_OK ||
+    if ((rc = check_item_max(cfg)) != STORE_OK ||
+        (rc = check_dir(cfg, b, &fresh)) != STORE_OK ||
         (rc = sq_wal_check(cfg, b)) != STORE_OK) {
         goto fail;
     }
@@ -772,6 +814,7 @@ sq_open(const struct store_cfg *cfg, const char *dir,
     }
     b->ckpt_seq = host->seq(host->s);
     b->wal_cap = b->wal_restart;
+    sq_boot_note(cfg, b->dir);
     sqlite3_wal_hook(b->w.db, wal_hook, b);
     *out = b;
     return STORE_OK;

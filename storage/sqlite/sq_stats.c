@@ -46,8 +46,9 @@ sq_stats(struct kv_be *b, struct kv_rd *r, store_emit_fn emit, void *arg)
 
     emit(arg, "sqlite_version", sqlite3_libversion());
     emit(arg, "sqlite_journal_mode", "wal");
-    /* How commits are synced: by the syncer, not by SQLite. */
-    emit(arg, "sqlite_synchronous", "off");
+    /* Commits are synced by the syncer; SQLite syncs the WAL's header
+     * when the WAL starts over, and checkpoints. */
+    emit(arg, "sqlite_synchronous", "normal");
     persist_emit_u64(emit, arg, "sqlite_page_size", b->page_size);
     persist_emit_u64(emit, arg, "sqlite_page_count", pragma_u64(r, SQ_PAGES));
     persist_emit_u64(emit, arg, "sqlite_freelist_count",

@@ -67,24 +67,34 @@ frame_ok(bool big, const unsigned char *f, size_t psize,
     return s[0] == be32(f + 16) && s[1] == be32(f + 20);
 }
 
-/* Reads the boot id the last open wrote, and writes this one's. */
+/* The machine's boot id now, into out (empty when it cannot be read). */
+static void
+boot_now(const struct store_cfg *cfg, char *out, size_t cap)
+{
+    FILE *f;
+
+    out[0] = '\0';
+    if (cfg->boot_id != NULL) {
+        snprintf(out, cap, "%s", cfg->boot_id);
+    } else if ((f = fopen("/proc/sys/kernel/random/boot_id", "r")) != NULL) {
+        if (fgets(out, (int)cap, f) == NULL) {
+            out[0] = '\0';
+        }
+        fclose(f);
+    }
+    out[strcspn(out, "\n")] = '\0';
+}
+
+/* Whether the machine has not restarted since the last successful open. */
 static bool
 same_boot(const struct store_cfg *cfg, const char *dir)
 {
     char path[4096];
-    char now[48] = "";
+    char now[48];
     char then[48] = "";
     FILE *f;
 
-    if (cfg->boot_id != NULL) {
-        snprintf(now, sizeof(now), "%s", cfg->boot_id);
-    } else if ((f = fopen("/proc/sys/kernel/random/boot_id", "r")) != NULL) {
-        if (fgets(now, sizeof(now), f) == NULL) {
-            now[0] = '\0';
-        }
-        fclose(f);
-    }
-    now[strcspn(now, "\n")] = '\0';
+    boot_now(cfg, now, sizeof(now));
     snprintf(path, sizeof(path), "%s/%s", dir, SQ_BOOT_FILE);
     if ((f = fopen(path, "r")) != NULL) {
         if (fgets(then, sizeof(then), f) == NULL) {
@@ -93,11 +103,22 @@ same_boot(const struct store_cfg *cfg, const char *dir)
         fclose(f);
     }
     then[strcspn(then, "\n")] = '\0';
+    return now[0] != '\0' && strcmp(now, then) == 0;
+}
+
+void
+sq_boot_note(const struct store_cfg *cfg, const char *dir)
+{
+    char path[4096];
+    char now[48];
+    FILE *f;
+
+    boot_now(cfg, now, sizeof(now));
+    snprintf(path, sizeof(path), "%s/%s", dir, SQ_BOOT_FILE);
     if ((f = fopen(path, "w")) != NULL) {
         fprintf(f, "%s\n", now);
         fclose(f);
     }
-    return now[0] != '\0' && strcmp(now, then) == 0;
 }
 
 store_rc_e
