@@ -617,13 +617,14 @@ START_TEST(smaller_limit_after_reopen_trims)
 {
     struct pt *t = pt_new(backends[_i].ops);
     struct store_stats st;
-    char val[2000];
+    char val[8000];
     char key[32];
 
+    /* 8 MB in few items: what is trimmed is the point, not commits. */
     memset(val, 'z', sizeof(val));
     t->cfg.mem_limit = 64 * MB;
     pt_open(t);
-    for (int i = 0; i < 4000; i++) {
+    for (int i = 0; i < 1000; i++) {
         snprintf(key, sizeof(key), "k%05d", i);
         ck_assert_int_eq(pt_put(t, key, val, sizeof(val), 0, 0, NULL),
                          STORE_OK);
@@ -640,7 +641,7 @@ START_TEST(smaller_limit_after_reopen_trims)
         pt_sleep_ms(20);
     }
     ck_assert_uint_le(st.bytes, 1 * MB);
-    ck_assert_uint_gt(st.evictions, 3000);
+    ck_assert_uint_gt(st.evictions, 750);
     /* And it takes writes. */
     ck_assert_int_eq(pt_put(t, "fresh", val, sizeof(val), 0, 0, NULL),
                      STORE_OK);
@@ -854,8 +855,9 @@ END_TEST
 
 /*
  * A disk sync that fails: the write waiting on it is completed with
- * STORE_EIO (its reply must not say stored), every later write fails
- * too, reads go on, and the store opens again afterwards.
+ * STORE_EIO (its reply must not say stored), or returns it when it waits
+ * in the call; every later write fails too, reads go on, and the store
+ * opens again afterwards.
  */
 START_TEST(failed_sync_reported)
 {
@@ -901,12 +903,21 @@ START_TEST(failed_sync_reported)
     ck_assert_int_eq(pt_get(t, "after", NULL), STORE_ENOENT);
     ck_assert_uint_ge(pt_stat(t, "sync_errors"), 1);
     ck_assert_uint_eq(pt_stat(t, "write_failed"), 1);
-    /* The disk is back: after a restart the store opens and takes writes
-     * again, with what was durable before the failure. */
+    /* The disk is back: after a restart the store opens, with what was
+     * durable before the failure. */
     atomic_store(&fail_syncs, false);
     pt_close(t);
     pt_open(t);
     ck_assert_int_eq(pt_get(t, "before", NULL), STORE_OK);
+    ck_assert_uint_eq(pt_stat(t, "write_failed"), 0);
+    /* A write that waits for its sync in the call fails the same way. */
+    atomic_store(&fail_syncs, true);
+    ck_assert_int_eq(pt_put(t, "blocking", "v", 1, 0, 0, NULL), STORE_EIO);
+    ck_assert_int_eq(pt_put(t, "after", "v", 1, 0, 0, NULL), STORE_EIO);
+    atomic_store(&fail_syncs, false);
+    pt_close(t);
+    /* And then it takes writes again. */
+    pt_open(t);
     pt_set(t, "after", "v");
     ck_assert_int_eq(pt_get(t, "after", NULL), STORE_OK);
     pt_close(t);
