@@ -94,7 +94,7 @@ open_in_child(struct pt *t)
  */
 START_TEST(zeroed_page_refused)
 {
-    static const char last[] = "value 02999|";
+    static const char last[] = "value 00999|";
     struct pt *t = pt_new(ops);
     unsigned char *file;
     unsigned char *hit;
@@ -109,7 +109,7 @@ START_TEST(zeroed_page_refused)
     size_t page;
 
     pt_open(t);
-    for (int i = 0; i < 3000; i++) {
+    for (int i = 0; i < 1000; i++) {
         snprintf(key, sizeof(key), "k%05d", i);
         snprintf(val, sizeof(val), "value %05d|%080d", i, i);
         pt_set(t, key, val);

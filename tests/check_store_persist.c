@@ -56,7 +56,7 @@ struct backend {
 static const struct backend backends[] = {
 #ifdef STASHD_HAVE_LMDB
     { &store_lmdb_ops, "data.mdb", SQLITE_OPS, "stashd.db",
-      "refusing to", "truncated" },
+      "not an LMDB file", "truncated" },
 #endif
 #ifdef STASHD_HAVE_SQLITE
     { &store_sqlite_ops, "stashd.db", LMDB_OPS, "data.mdb",

@@ -40,8 +40,7 @@ struct pt {
     struct conf_sink        sink;
     char                    dir[64];
     char                    err[512]; /* why the last open failed */
-    char                    val[PT_VBUF + 1]; /* last value read, NUL
-                                               * added */
+    char                    val[PT_VBUF + 1]; /* last value read + NUL */
 };
 
 static inline uint32_t
