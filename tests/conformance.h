@@ -4,7 +4,8 @@
  * calls, and on close check that every successful get was released once and
  * remove the directory. Nothing here knows a backend's internals, so a new
  * backend joins the suite by adding one row to its table. Header-only
- * (static inline), because only check_conformance.c includes it.
+ * (static inline): each test program is one file (check_conformance.c;
+ * persist_util.h builds on its sink for the persistent backends' tests).
  */
 #ifndef STASHD_TESTS_CONFORMANCE_H
 #define STASHD_TESTS_CONFORMANCE_H
