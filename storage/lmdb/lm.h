@@ -19,6 +19,7 @@
 #define LM_DATA_FILE   "data.mdb"
 #define LM_SNAP_FILE   "stashd.synced"   /* the last durable snapshot */
 #define LM_SQLITE_FILE "stashd.db"       /* a sqlite store: not ours */
+#define LM_CREATING_FILE "stashd.creating" /* a creation not yet durable */
 
 /* Names inside the environment: a plain record and a named DB. */
 #define LM_META_KEY    "stashd"

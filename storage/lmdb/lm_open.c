@@ -293,9 +293,13 @@ walk(const struct store_cfg *cfg, struct kv_be *b, off_t file_size)
     }
     walk_report(b, buf != NULL ? buf : "", n, why, sizeof(why));
     free(buf);
-    if (WIFEXITED(status) && (WEXITSTATUS(status) == 0 ||
-                              WEXITSTATUS(status) == 5)) {
-        return STORE_OK;          /* 5: env_open refuses it, with words */
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        return STORE_OK;
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 5) {
+        persist_err(cfg, "%s: not an LMDB file this stashd can read; "
+                    "refusing to touch it", b->data_path);
+        return STORE_ECORRUPT;
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 4) {
         unsigned long long have = 0;
@@ -564,6 +568,53 @@ path_join(const char *dir, const char *name)
     return p;
 }
 
+static int
+unlink_in(const struct kv_be *b, const char *name)
+{
+    char path[4096];
+
+    snprintf(path, sizeof(path), "%s/%s", b->dir, name);
+    return unlink(path);
+}
+
+/*
+ * The creation marker: made (durably, name included) before LMDB makes a
+ * new data.mdb and removed once the store's first snapshot is durable,
+ * so a data.mdb found beside it that cannot be read is known to be ours
+ * and never to have held an acknowledged write. With make, creates it;
+ * else says whether it exists.
+ */
+static bool
+creating(const struct kv_be *b, bool make)
+{
+    char path[4096];
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/%s", b->dir, LM_CREATING_FILE);
+    if (!make) {
+        return access(path, F_OK) == 0;
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || fsync(fd) != 0) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        return false;
+    }
+    close(fd);
+    sync_dir(b->dir);
+    return true;
+}
+
+/* Removes what a cut-short creation left, the marker kept. */
+static void
+start_over(const struct kv_be *b)
+{
+    (void)unlink_in(b, LM_DATA_FILE);
+    (void)unlink_in(b, "lock.mdb");
+    (void)unlink_in(b, LM_SNAP_FILE);
+}
+
 static void
 lm_free(struct kv_be *b)
 {
@@ -614,9 +665,29 @@ lm_open(const struct store_cfg *cfg, const char *dir,
         lm_free(b);
         return STORE_ENOMEM;
     }
-    if ((rc = check_dir(cfg, b, &exists, &size)) != STORE_OK ||
-        (exists && (rc = lm_snap_restore(cfg, b)) != STORE_OK) ||
-        (exists && (rc = walk(cfg, b, size)) != STORE_OK) ||
+    if ((rc = check_dir(cfg, b, &exists, &size)) == STORE_OK && exists) {
+        rc = lm_snap_restore(cfg, b);
+        if (rc == STORE_OK) {
+            rc = walk(cfg, b, size);
+        }
+        if (rc == STORE_ECORRUPT && creating(b, false)) {
+            /* Ours, made by an open that never finished: nothing in it
+             * was ever acknowledged. */
+            fprintf(stderr, "stashd: %s: the store's creation was cut "
+                    "short (%s); creating it again\n", b->data_path,
+                    cfg->err != NULL ? cfg->err : "unreadable");
+            lm_snap_undo(b);
+            start_over(b);
+            exists = false;
+            rc = STORE_OK;
+        }
+    }
+    if (rc == STORE_OK && !exists && !creating(b, true)) {
+        persist_err(cfg, "%s/%s: %s", b->dir, LM_CREATING_FILE,
+                    strerror(errno));
+        rc = errno == ENOSPC ? STORE_ENOMEM : STORE_EIO;
+    }
+    if (rc != STORE_OK ||
         (rc = env_open(cfg, b)) != STORE_OK ||
         (rc = meta_load(cfg, b, m)) != STORE_OK) {
         if (b->env != NULL) {
@@ -627,13 +698,12 @@ lm_open(const struct store_cfg *cfg, const char *dir,
         lm_free(b);
         return rc;
     }
-    if (!exists) {
-        sync_dir(b->dir);
-    }
     if ((rc = lm_snap_start(cfg, b)) != STORE_OK) {
         lm_free(b);
         return rc;
     }
+    /* The first snapshot is durable: the store exists whole. */
+    (void)unlink_in(b, LM_CREATING_FILE);
     *out = b;
     return STORE_OK;
 }
