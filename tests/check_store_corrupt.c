@@ -894,9 +894,10 @@ print_tally(const struct variant *vr, const struct tally *t,
     printf("): %u trials: %u opened, %u refused (%u without naming the "
            "file), %u crashes, %u hangs, %u served wrong values (%u "
            "values); %u with read errors, %u with failed sets, %u lost own "
-           "sets, %u missing stored keys (evicted or lost)\n", t->trials, t->opened, t->refused,
-           t->unnamed, t->crashes, t->hangs, t->wrong, t->wrong_vals,
-           t->rderr, t->set_fail, t->set_lost, t->absent);
+           "sets, %u missing stored keys (evicted or lost)\n", t->trials,
+           t->opened, t->refused, t->unnamed, t->crashes, t->hangs,
+           t->wrong, t->wrong_vals, t->rderr, t->set_fail, t->set_lost,
+           t->absent);
     for (int k = 0; k < DMG_NKINDS; k++) {
         const unsigned *b = t->by_kind[k];
 

@@ -15,9 +15,12 @@
  * other modes once every file its call wrote has completed a sync entered
  * after the call returned. Knobs (environment): STASHD_POWERLOSS_POINTS
  * (power-loss images per case, default 200), _KILL9 (kill -9 images, 25),
- * _OPS (ops per thread, 700), _SEED, _CASES ("lmdb-periodic,sqlite-none"),
- * _TIMEOUT (seconds per image check, 5), _KEEP=1 (keep the first failing
- * image of each kind and print its path).
+ * _OPS (ops per thread, 700), _PACE_US (up to this long between a thread's
+ * ops outside --sync=always, 3000), _RUN_MS (workload cap, 4000), _SEED
+ * (crash points and fates), _CASES ("lmdb-periodic,sqlite-none"), _TIMEOUT
+ * (seconds per image check, 5), _KEEP=1 (keep the first image of each kind
+ * of failure, and the first refused, with log.txt: every record up to the
+ * crash point and what became of each write; prints their paths).
  */
 #include "storage/storage.h"
 #include "tests/powerloss_img.h"
@@ -661,6 +664,7 @@ check_key(struct result *res, unsigned k, uint64_t p, bool kill9,
     uint32_t issued = 0;
     uint32_t req = 0;
     const struct kop *ro = NULL;
+    uint64_t rfrom = 0;
     char name[32];
     char why[160];
     const char *bad;
@@ -677,6 +681,7 @@ check_key(struct result *res, unsigned k, uint64_t p, bool kill9,
         }
         if (from <= p) {
             req = i;
+            rfrom = from;
         }
     }
     ro = req != 0 ? &ki->ops[req - 1] : NULL;
@@ -692,7 +697,8 @@ check_key(struct result *res, unsigned k, uint64_t p, bool kill9,
         if (!deleted) {
             res->lost++;
             res_ex(res, EX_LOST, "%s absent, version %u required (acked "
-                   "at record %" PRIu64 ")", name, req, ro->ack);
+                   "at record %" PRIu64 ", durable from %" PRIu64 ")", name,
+                   req, ro->ack, rfrom);
         }
         return;
     }
@@ -723,8 +729,9 @@ check_key(struct result *res, unsigned k, uint64_t p, bool kill9,
     if (ro != NULL && (v < req || (v == req && ro->kind == OP_DEL))) {
         res->lost++;
         res_ex(res, EX_LOST, "%s holds version %lu, version %u (%s) "
-               "required, acked at record %" PRIu64, name, v, req,
-               ro->kind == OP_DEL ? "delete" : "write", ro->ack);
+               "required (acked at record %" PRIu64 ", durable from %"
+               PRIu64 ")", name, v, req,
+               ro->kind == OP_DEL ? "delete" : "write", ro->ack, rfrom);
     }
 }
 
@@ -751,7 +758,7 @@ check_image(const char *backend, const char *dir, uint64_t p, bool kill9,
     if (rc != STORE_OK) {
         res->refused = 1;
         res->named = names_file(err, dir);
-        snprintf(res->refmsg, sizeof(res->refmsg), "%s: %s",
+        snprintf(res->refmsg, sizeof(res->refmsg), "%s: %.300s",
                  store_strerror(rc), err);
         return;
     }
@@ -845,6 +852,7 @@ struct slot {
     struct image    img;
     struct timespec start;
     struct result  *res;       /* shared with the child */
+    uint8_t        *fates;     /* with _KEEP: pl_fate_e of each record */
     char            dir[320];
     char            data[336];
 };
@@ -911,6 +919,9 @@ img_kind(const struct image *im)
     return im->kill9 ? "kill -9" : fate_names[im->fate];
 }
 
+/* The log of the case running, for dumps of kept images. */
+static const struct pl_model *keep_model;
+
 /* Keeps a copy of an image when asked to, the first of each kind. */
 static void
 keep_image(const struct params *pp, const struct slot *sl, const char *what)
@@ -936,6 +947,11 @@ keep_image(const struct params *pp, const struct slot *sl, const char *what)
              sl->img.id, what);
     snprintf(cmd, sizeof(cmd), "cp -r '%s/pristine' '%s'", sl->dir, to);
     if (system(cmd) == 0) {
+        char log[160];
+
+        /* With the log up to the crash point and each write's fate. */
+        snprintf(log, sizeof(log), "%s/log.txt", to);
+        (void)pl_dump(keep_model, sl->img.p, sl->fates, log);
         printf("kept image %u (%s) in %s\n", sl->img.id, what, to);
     }
 }
@@ -1024,7 +1040,44 @@ image_cmp(const void *a, const void *b)
     return x->p < y->p ? -1 : x->p > y->p ? 1 : 0;
 }
 
-/* Crash points: spread over the run, some where most is pending. */
+/*
+ * The returns of syncs that cover a write to the first 8 KB of their file
+ * (a file header: SQLite's WAL and database headers, LMDB's two meta
+ * pages): a crash just before one leaves a header write in flight.
+ */
+static uint64_t *
+header_syncs(const struct pl_model *m, size_t *n)
+{
+    const struct pl_log *log = m->log;
+    uint64_t *out = malloc((m->any.nbar + 1) * sizeof(*out));
+    bool pending[PL_MAXFILES] = { false };
+
+    ck_assert_ptr_nonnull(out);
+    *n = 0;
+    for (uint64_t i = 0; i < m->nrec; i++) {
+        const struct pl_rec *r = &log->rec[i];
+
+        if (r->kind == PL_WRITE && r->off < 8192) {
+            pending[r->file] = true;
+        } else if (r->kind == PL_SYNC_IN && pending[r->file]) {
+            /* Its return is where the header is still in flight. */
+            pending[r->file] = false;
+            for (uint64_t j = i + 1; j < m->nrec; j++) {
+                if (log->rec[j].kind == PL_SYNC_OUT && log->rec[j].off == i) {
+                    out[(*n)++] = j;
+                    break;
+                }
+            }
+        }
+    }
+    return out;
+}
+
+/*
+ * Crash points: half spread over the whole run, the rest where much is in
+ * flight: just before a sync returns, just after an acknowledgement, just
+ * before the return of a sync that covers a header write.
+ */
 static struct image *
 pick_images(const struct pl_model *m, const struct params *pp,
             struct pl_rng *rng, unsigned *n)
@@ -1032,6 +1085,8 @@ pick_images(const struct pl_model *m, const struct params *pp,
     const struct pl_log *log = m->log;
     uint64_t *acks = NULL;
     size_t nacks = 0;
+    size_t nhdr = 0;
+    uint64_t *hdr = header_syncs(m, &nhdr);
     struct image *im;
     unsigned total = pp->points + pp->kill9;
 
@@ -1045,22 +1100,23 @@ pick_images(const struct pl_model *m, const struct params *pp,
         }
     }
     for (unsigned i = 0; i < total; i++) {
-        unsigned r = (unsigned)pl_rng_below(rng, 10);
+        unsigned r = (unsigned)pl_rng_below(rng, 20);
 
         im[i].id = i;
         im[i].kill9 = i >= pp->points;
         im[i].fate = (uint8_t)pl_rng_below(rng, 4);
-        if (!im[i].kill9 && r >= 6 && r < 8 && m->any.nbar > 0) {
-            /* Just before a sync returns: all since the last pending. */
+        if (!im[i].kill9 && r >= 10 && r < 13 && m->any.nbar > 0) {
             im[i].p = m->any.by_out[pl_rng_below(rng, m->any.nbar)].out;
-        } else if (!im[i].kill9 && r >= 8 && nacks > 0) {
-            /* Just after an acknowledgement. */
+        } else if (!im[i].kill9 && r >= 13 && r < 16 && nacks > 0) {
             im[i].p = acks[pl_rng_below(rng, nacks)] + 1;
+        } else if (!im[i].kill9 && r >= 16 && nhdr > 0) {
+            im[i].p = hdr[pl_rng_below(rng, nhdr)];
         } else {
             im[i].p = 1 + pl_rng_below(rng, m->nrec);
         }
     }
     free(acks);
+    free(hdr);
     qsort(im, total, sizeof(*im), image_cmp);
     *n = total;
     return im;
@@ -1233,6 +1289,7 @@ START_TEST(powerloss)
     struct tally k9;
     uint64_t nrec;
     uint64_t img_bytes = 0;
+    uint8_t *fate_buf = NULL;
     time_t t0 = time(NULL);
     time_t t_rec;
 
@@ -1269,13 +1326,22 @@ START_TEST(powerloss)
                             MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         ck_assert_ptr_ne(slots[i].res, MAP_FAILED);
         snprintf(slots[i].dir, sizeof(slots[i].dir), "%s/slot%d", base, i);
-        snprintf(slots[i].data, sizeof(slots[i].data), "%s/d",
-                 slots[i].dir);
+        snprintf(slots[i].data, sizeof(slots[i].data), "%s/slot%d/d",
+                 base, i);
         ck_assert_int_eq(mkdir(slots[i].dir, 0700), 0);
+    }
+    if (pp.keep) {
+        keep_model = &m;
+        fate_buf = malloc(nrec);
+        ck_assert_ptr_nonnull(fate_buf);
+        for (int i = 0; i < NSLOTS; i++) {
+            slots[i].fates = malloc(nrec);
+            ck_assert_ptr_nonnull(slots[i].fates);
+        }
     }
     for (unsigned j = 0; j < nim; j++) {
         struct image *img = &im[j];
-        struct pl_imgstat ist;
+        struct pl_imgstat ist = { .fate_of = fate_buf };
         struct pl_rng irng = { mix(pp.seed, img->id) };
         struct slot *sl = NULL;
 
@@ -1302,8 +1368,9 @@ START_TEST(powerloss)
         }
         sl->img = *img;
         if (pp.keep) {
+            memcpy(sl->fates, fate_buf, nrec);
             /* The check writes to the image: keep it as it was built. */
-            char cmd[800];
+            char cmd[1200];
 
             snprintf(cmd, sizeof(cmd), "rm -rf '%s/pristine' && cp -r '%s' "
                      "'%s/pristine'", sl->dir, sl->data, sl->dir);
@@ -1327,7 +1394,9 @@ START_TEST(powerloss)
 
     for (int i = 0; i < NSLOTS; i++) {
         munmap(slots[i].res, sizeof(struct result));
+        free(slots[i].fates);
     }
+    free(fate_buf);
     free(im);
     pl_dir_deinit(&dur);
     pl_dir_deinit(&k9dur);

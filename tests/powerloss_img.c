@@ -5,6 +5,7 @@
 #include "tests/powerloss_img.h"
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -354,8 +355,13 @@ pl_image(const struct pl_model *m, struct pl_dir *base, uint64_t p,
 {
     uint64_t cut = p;
     uint64_t low = p;
+    uint8_t *fate_of = st->fate_of;
 
     memset(st, 0, sizeof(*st));
+    st->fate_of = fate_of;
+    if (fate_of != NULL) {
+        memset(fate_of, PL_FATE_NONE, m->nrec);
+    }
     for (uint32_t f = 0; f < m->nfiles; f++) {
         uint64_t h = kill9 ? p : pl_model_horizon(m, f, p);
 
@@ -377,40 +383,49 @@ pl_image(const struct pl_model *m, struct pl_dir *base, uint64_t p,
         if (!buf_copy(b, &base->f[f])) {
             return false;
         }
+        if (fate_of != NULL) {
+            for (size_t i = 0; i < base->next[f]; i++) {
+                fate_of[mf->ops[i]] = PL_FATE_DURABLE;
+            }
+        }
         for (size_t i = base->next[f]; i < mf->nops && mf->ops[i] < p; i++) {
             const struct pl_rec *r = &m->log->rec[mf->ops[i]];
+            pl_fate_e what;
             bool ok;
 
             if (r->kind == PL_CREATE || r->kind == PL_UNLINK ||
                 (r->kind == PL_WRITE && (r->flags & PL_F_DURABLE) != 0)) {
-                ok = apply(m, b, r);
+                what = PL_FATE_DURABLE;
             } else if (fate->prefix) {
-                st->pending++;
-                if (mf->ops[i] < cut) {
-                    st->kept++;
-                    ok = apply(m, b, r);
-                } else if (mf->ops[i] == cut && r->kind == PL_WRITE) {
-                    st->torn++;
-                    ok = apply_torn(m, b, r, rng);
-                } else {
-                    st->dropped++;
-                    ok = true;
-                }
+                what = mf->ops[i] < cut ? PL_FATE_KEPT
+                       : mf->ops[i] == cut && r->kind == PL_WRITE
+                       ? PL_FATE_TORN : PL_FATE_DROPPED;
             } else {
                 double u = pl_rng_unit(rng);
 
-                st->pending++;
-                if (u < fate->keep) {
-                    st->kept++;
-                    ok = apply(m, b, r);
-                } else if (u < fate->keep + fate->torn &&
-                           r->kind == PL_WRITE) {
-                    st->torn++;
-                    ok = apply_torn(m, b, r, rng);
-                } else {
-                    st->dropped++;
-                    ok = true;
-                }
+                what = u < fate->keep ? PL_FATE_KEPT
+                       : u < fate->keep + fate->torn && r->kind == PL_WRITE
+                       ? PL_FATE_TORN : PL_FATE_DROPPED;
+            }
+            switch (what) {
+            case PL_FATE_KEPT:
+                st->kept++;
+                /* fall through */
+            case PL_FATE_DURABLE:
+                ok = apply(m, b, r);
+                break;
+            case PL_FATE_TORN:
+                st->torn++;
+                ok = apply_torn(m, b, r, rng);
+                break;
+            default:
+                st->dropped++;
+                ok = true;
+                break;
+            }
+            st->pending += what != PL_FATE_DURABLE;
+            if (fate_of != NULL) {
+                fate_of[mf->ops[i]] = (uint8_t)what;
             }
             if (!ok) {
                 return false;
@@ -418,6 +433,42 @@ pl_image(const struct pl_model *m, struct pl_dir *base, uint64_t p,
         }
     }
     return true;
+}
+
+bool
+pl_dump(const struct pl_model *m, uint64_t p, const uint8_t *fate_of,
+        const char *path)
+{
+    static const char *const kinds[] = {
+        "?", "write", "trunc", "sync-in", "sync-out", "unlink", "create",
+        "issue", "ack",
+    };
+    static const char *const fates[] = {
+        "", "durable", "kept", "TORN", "DROPPED",
+    };
+    FILE *f = fopen(path, "w");
+
+    if (f == NULL) {
+        return false;
+    }
+    fprintf(f, "# record kind thread file offset length fate "
+            "(issue/ack: op key version rc); crash point %" PRIu64 "\n", p);
+    for (uint64_t i = 0; i < p && i < m->nrec; i++) {
+        const struct pl_rec *r = &m->log->rec[i];
+        const char *kind = r->kind < sizeof(kinds) / sizeof(kinds[0])
+                           ? kinds[r->kind] : "?";
+
+        if (r->kind == PL_ISSUE || r->kind == PL_ACK) {
+            fprintf(f, "%" PRIu64 " %s t%u op%u key%" PRIu64 " v%u rc%" PRIu64
+                    "\n", i, kind, r->thr, r->file, r->off, r->len, r->data);
+        } else {
+            fprintf(f, "%" PRIu64 " %s t%u %s %" PRIu64 " %u %s\n", i, kind,
+                    r->thr, m->log->files[r->file], r->off, r->len,
+                    fate_of != NULL && fate_of[i] < 5 ? fates[fate_of[i]]
+                                                      : "");
+        }
+    }
+    return fclose(f) == 0;
 }
 
 bool

@@ -109,16 +109,34 @@ struct pl_imgstat {
     uint64_t kept;
     uint64_t torn;
     uint64_t dropped;
+    uint8_t *fate_of;   /* in, may be NULL: gets a pl_fate_e per record */
 };
+
+/* What became of one record in an image (for a dump of a failure). */
+typedef enum pl_fate_kind {
+    PL_FATE_NONE = 0,   /* not a file op, or at/after the crash point */
+    PL_FATE_DURABLE,    /* synced, O_SYNC, or a creation/unlink */
+    PL_FATE_KEPT,
+    PL_FATE_TORN,
+    PL_FATE_DROPPED
+} pl_fate_e;
 
 /*
  * Builds in out the power-loss image at p under fate, moving base (the
  * durable files) forward to p's horizons first. kill9: every write before
  * p kept (base is then moved to p itself). Points must ascend per base.
+ * With st->fate_of set (m->nrec bytes) it says what became of each record.
  */
 bool pl_image(const struct pl_model *m, struct pl_dir *base, uint64_t p,
               bool kill9, const struct pl_fate *fate, struct pl_rng *rng,
               struct pl_dir *out, struct pl_imgstat *st);
+
+/*
+ * Writes a text dump of the records before p (with their fates when given)
+ * to path, for reading a failure; false when it cannot.
+ */
+bool pl_dump(const struct pl_model *m, uint64_t p, const uint8_t *fate_of,
+             const char *path);
 
 /* Writes the existing files of d into dir (which exists and is empty). */
 bool pl_dir_write(const struct pl_model *m, const struct pl_dir *d,
