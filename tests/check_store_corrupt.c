@@ -14,8 +14,8 @@
  * exptime), never an expired one, else the key is absent. Knobs
  * (environment): STASHD_CORRUPT_TRIALS (random trials per store file, 0 =
  * the defaults below), STASHD_CORRUPT_SEED, STASHD_CORRUPT_TIMEOUT (s per
- * trial, 10), STASHD_CORRUPT_KEEP=1 (keep the first failing copy of each
- * kind and print its path).
+ * trial, 10; 30 under ASan), STASHD_CORRUPT_KEEP=1 (keep the first failing
+ * copy of each kind and print its path).
  */
 #include "storage/storage.h"
 
@@ -44,6 +44,13 @@
 #define VMAX       12288u
 #define NSLOTS     4                /* checks mostly sleep: run 4 at once */
 #define SETTLE_MS  300              /* the maintenance thread's turn */
+/* A check that takes this long hangs (a healthy one takes well under 1 s;
+ * ASan makes some take seconds on a loaded machine). */
+#if defined(__SANITIZE_ADDRESS__)
+#define TIMEOUT_S   30u
+#else
+#define TIMEOUT_S   10u
+#endif
 #define EXLEN      320
 #define EXN        3
 #define PAGE       4096u
@@ -923,7 +930,7 @@ START_TEST(corrupt)
     const char *seedv = getenv("STASHD_CORRUPT_SEED");
     uint64_t seed = seedv != NULL ? strtoull(seedv, NULL, 0) : 1;
     unsigned scale = env_uint("STASHD_CORRUPT_TRIALS", 0);
-    unsigned timeout_s = env_uint("STASHD_CORRUPT_TIMEOUT", 10);
+    unsigned timeout_s = env_uint("STASHD_CORRUPT_TIMEOUT", TIMEOUT_S);
     bool keep = env_uint("STASHD_CORRUPT_KEEP", 0) != 0;
     struct file files[MAXFILES];
     struct slot slots[NSLOTS];

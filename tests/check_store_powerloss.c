@@ -16,10 +16,10 @@
  * after the call returned. Knobs (environment): STASHD_POWERLOSS_POINTS
  * (power-loss images per case, default 200), _KILL9 (kill -9 images, 25),
  * _OPS (ops per thread, 700), _PACE_US (up to this long between a thread's
- * ops outside --sync=always, 3000), _RUN_MS (workload cap, 4000), _SEED
- * (crash points and fates), _CASES ("lmdb-periodic,sqlite-none"), _TIMEOUT
- * (seconds per image check, 5), _KEEP=1 (keep the first image of each kind
- * of failure, and the first refused, with log.txt: every record up to the
+ * ops, 3000), _RUN_MS (workload cap, 4000), _SEED (crash points and
+ * fates), _CASES ("lmdb-periodic,sqlite-none"), _TIMEOUT (seconds per image
+ * check, 5; 15 under ASan), _KEEP=1 (keep the first image of each kind of
+ * failure, and the first refused, with log.txt: every record up to the
  * crash point and what became of each write; prints their paths).
  */
 #include "storage/storage.h"
@@ -52,7 +52,16 @@
 #define NOW0        1700000000u
 #define VMAX        12288u
 #define SYNC_MS     30u
+#define GAP_EVERY_MS 400                     /* workload: a burst and */
+#define GAP_MS       150                     /* an idle gap */
 #define NSLOTS      3                        /* checks run in parallel */
+/* A check that takes this long hangs (a healthy one takes well under 1 s;
+ * ASan makes some take seconds on a loaded machine). */
+#if defined(__SANITIZE_ADDRESS__)
+#define TIMEOUT_S   15u
+#else
+#define TIMEOUT_S   5u
+#endif
 #define EXLEN       320
 
 enum op_kind { OP_SET = 1, OP_DEL, OP_TOUCH, OP_INCR };
@@ -107,7 +116,7 @@ params_get(struct params *pp)
     pp->ops = env_uint("STASHD_POWERLOSS_OPS", 700);
     pp->pace_us = env_uint("STASHD_POWERLOSS_PACE_US", 3000);
     pp->run_ms = env_uint("STASHD_POWERLOSS_RUN_MS", 4000);
-    pp->timeout_s = env_uint("STASHD_POWERLOSS_TIMEOUT", 5);
+    pp->timeout_s = env_uint("STASHD_POWERLOSS_TIMEOUT", TIMEOUT_S);
     pp->seed = seed != NULL && *seed != '\0' ? strtoull(seed, NULL, 0) : 1;
     pp->keep = env_uint("STASHD_POWERLOSS_KEEP", 0) != 0;
 }
@@ -245,6 +254,7 @@ struct worker {
     unsigned                pace_us;   /* up to this long between ops */
     uint64_t                seed;
     atomic_bool            *stop;
+    atomic_bool            *hold;    /* an idle gap: wait before the next */
     atomic_uint            *finished;
     atomic_uint            *bad;     /* a live answer that was wrong */
 };
@@ -324,6 +334,11 @@ worker_main(void *arg)
 
             nanosleep(&nap, NULL);
         }
+        while (atomic_load(w->hold) && !atomic_load(w->stop)) {
+            struct timespec nap = { 0, 1000 * 1000 };
+
+            nanosleep(&nap, NULL);
+        }
     }
     w->ops->detach(&t);
 out:
@@ -343,6 +358,7 @@ workload_child(const struct case_def *cd, const char *dir,
     struct worker w[NTHREADS];
     pthread_t th[NTHREADS];
     atomic_bool stop = false;
+    atomic_bool hold = false;
     atomic_uint finished = 0;
     atomic_uint bad = 0;
     char err[512];
@@ -360,25 +376,30 @@ workload_child(const struct case_def *cd, const char *dir,
     }
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (unsigned i = 0; i < NTHREADS; i++) {
-        /* With --sync=always every write waits for a sync: pace enough. */
-        w[i] = (struct worker){ ops, s, i, pp->ops,
-                                cd->mode == STORE_SYNC_ALWAYS ? 0
-                                                              : pp->pace_us,
-                                pp->seed, &stop, &finished, &bad };
+        w[i] = (struct worker){ ops, s, i, pp->ops, pp->pace_us, pp->seed,
+                                &stop, &hold, &finished, &bad };
         if (pthread_create(&th[i], NULL, worker_main, &w[i]) != 0) {
             _exit(3);
         }
     }
     for (;;) {
         struct timespec nap = { 0, 2 * 1000 * 1000 };
+        long ms;
 
         nanosleep(&nap, NULL);
         clock_gettime(CLOCK_MONOTONIC, &now);
-        if (atomic_load(&finished) == NTHREADS ||
-            (now.tv_sec - t0.tv_sec) * 1000 +
-            (now.tv_nsec - t0.tv_nsec) / 1000000 >= (long)pp->run_ms) {
+        ms = (now.tv_sec - t0.tv_sec) * 1000 +
+             (now.tv_nsec - t0.tv_nsec) / 1000000;
+        if (atomic_load(&finished) == NTHREADS || ms >= (long)pp->run_ms) {
             break;
         }
+        /*
+         * Bursts: every GAP_EVERY_MS all writers pause for GAP_MS, longer
+         * than a maintenance tick, so background work (a checkpoint that
+         * completes, a syncer that catches up) happens between bursts and
+         * the next burst starts on top of it (SQLite then reuses its WAL).
+         */
+        atomic_store(&hold, ms % GAP_EVERY_MS >= GAP_EVERY_MS - GAP_MS);
     }
     /* The power goes off here: whatever is in flight stays in flight. */
     pl_rec_stop();
@@ -816,13 +837,16 @@ struct image {
 };
 
 static const struct pl_fate fates[] = {
-    { 0.50, 0.20, false },
-    { 0.85, 0.05, false },
-    { 0.15, 0.10, false },
-    { 0.00, 0.00, true },
+    { 0.50, 0.20, PL_ORDER_NONE },
+    { 0.85, 0.05, PL_ORDER_NONE },
+    { 0.15, 0.10, PL_ORDER_NONE },
+    { 0.00, 0.00, PL_ORDER_PREFIX },
+    { 0.00, 0.00, PL_ORDER_SUFFIX },
 };
+#define NFATES ((unsigned)(sizeof(fates) / sizeof(fates[0])))
 static const char *const fate_names[] = {
     "half kept", "most kept", "most dropped", "in-order prefix",
+    "newest first",
 };
 
 struct tally {
@@ -1104,7 +1128,7 @@ pick_images(const struct pl_model *m, const struct params *pp,
 
         im[i].id = i;
         im[i].kill9 = i >= pp->points;
-        im[i].fate = (uint8_t)pl_rng_below(rng, 4);
+        im[i].fate = (uint8_t)pl_rng_below(rng, NFATES);
         if (!im[i].kill9 && r >= 10 && r < 13 && m->any.nbar > 0) {
             im[i].p = m->any.by_out[pl_rng_below(rng, m->any.nbar)].out;
         } else if (!im[i].kill9 && r >= 13 && r < 16 && nacks > 0) {

@@ -372,8 +372,8 @@ pl_image(const struct pl_model *m, struct pl_dir *base, uint64_t p,
             low = base->upto[f];
         }
     }
-    if (!kill9 && fate->prefix && p > low) {
-        /* The disk wrote back in log order and stopped at cut. */
+    if (!kill9 && fate->order != PL_ORDER_NONE && p > low) {
+        /* The disk wrote back in (or against) log order up to cut. */
         cut = low + pl_rng_below(rng, p - low + 1);
     }
     for (uint32_t f = 0; f < m->nfiles; f++) {
@@ -396,10 +396,13 @@ pl_image(const struct pl_model *m, struct pl_dir *base, uint64_t p,
             if (r->kind == PL_CREATE || r->kind == PL_UNLINK ||
                 (r->kind == PL_WRITE && (r->flags & PL_F_DURABLE) != 0)) {
                 what = PL_FATE_DURABLE;
-            } else if (fate->prefix) {
-                what = mf->ops[i] < cut ? PL_FATE_KEPT
-                       : mf->ops[i] == cut && r->kind == PL_WRITE
-                       ? PL_FATE_TORN : PL_FATE_DROPPED;
+            } else if (fate->order != PL_ORDER_NONE) {
+                bool before = mf->ops[i] < cut;
+
+                what = mf->ops[i] == cut && r->kind == PL_WRITE
+                       ? PL_FATE_TORN
+                       : before == (fate->order == PL_ORDER_PREFIX)
+                       ? PL_FATE_KEPT : PL_FATE_DROPPED;
             } else {
                 double u = pl_rng_unit(rng);
 

@@ -96,11 +96,18 @@ struct pl_dir {
 void pl_dir_init(struct pl_dir *d);
 void pl_dir_deinit(struct pl_dir *d);
 
+/* Pending writes in an order: each on its own, or a cut in log order. */
+typedef enum pl_order {
+    PL_ORDER_NONE = 0,  /* each kept, torn or dropped independently */
+    PL_ORDER_PREFIX,    /* written back oldest first: those before a cut */
+    PL_ORDER_SUFFIX     /* newest first: those after a cut */
+} pl_order_e;
+
 /* How the pending writes of one image fare. */
 struct pl_fate {
-    double keep;        /* kept whole */
-    double torn;        /* torn; the rest is dropped */
-    bool   prefix;      /* instead: a log-order prefix kept, then dropped */
+    double     keep;    /* kept whole */
+    double     torn;    /* torn; the rest is dropped */
+    pl_order_e order;   /* else: the write at the cut is torn */
 };
 
 /* What an image did with its pending writes. */
