@@ -12,10 +12,12 @@
  * store opens or is refused with a message naming the file; never a crash
  * or a hang; a value served is exactly the one stored (value, flags,
  * exptime), never an expired one, else the key is absent. Knobs
- * (environment): STASHD_CORRUPT_TRIALS (random trials per store file, 0 =
- * the defaults below), STASHD_CORRUPT_SEED, STASHD_CORRUPT_TIMEOUT (s per
- * trial, 10; 30 under ASan), STASHD_CORRUPT_KEEP=1 (keep the first failing
- * copy of each kind and print its path).
+ * (environment): STASHD_CORRUPT_TRIALS (random trials per store file; 0:
+ * the defaults below, a third of them under ASan), STASHD_CORRUPT_CASES
+ * ("lmdb,sqlite-wal"; unset: all), STASHD_CORRUPT_SEED,
+ * STASHD_CORRUPT_TIMEOUT (s per trial, 10; 30 under ASan),
+ * STASHD_CORRUPT_KEEP=1 (keep the first failing copy of each kind and
+ * print its path).
  */
 #include "storage/storage.h"
 
@@ -48,8 +50,10 @@
  * ASan makes some take seconds on a loaded machine). */
 #if defined(__SANITIZE_ADDRESS__)
 #define TIMEOUT_S   30u
+#define TRIALS_DIV  3u   /* sqlite through ASan's allocator: 6x slower */
 #else
 #define TIMEOUT_S   10u
+#define TRIALS_DIV  1u
 #endif
 #define EXLEN      320
 #define EXN        3
@@ -114,6 +118,25 @@ env_uint(const char *name, unsigned dflt)
     const char *v = getenv(name);
 
     return v != NULL && *v != '\0' ? (unsigned)strtoul(v, NULL, 10) : dflt;
+}
+
+/* Whether $STASHD_CORRUPT_CASES (unset: all) names this variant. */
+static bool
+selected(const char *name)
+{
+    const char *sel = getenv("STASHD_CORRUPT_CASES");
+    size_t n = strlen(name);
+
+    if (sel == NULL || *sel == '\0') {
+        return true;
+    }
+    for (const char *p = strstr(sel, name); p != NULL;
+         p = strstr(p + 1, name)) {
+        if ((p == sel || p[-1] == ',') && (p[n] == '\0' || p[n] == ',')) {
+            return true;
+        }
+    }
+    return false;
 }
 
 /* The stored data: every value says whose it is. */
@@ -562,7 +585,10 @@ struct tally {
     unsigned set_fail;      /* trials where a set failed */
     unsigned set_lost;
     unsigned absent;        /* trials missing live keys (evicted, lost) */
+    unsigned slow;          /* trials over 2 s */
+    double   max_ms;
     unsigned by_kind[DMG_NKINDS][4]; /* opened, refused, crash+hang, wrong */
+    unsigned by_file[MAXFILES][4];   /* the same, by the file damaged */
     unsigned nref;
     char     ref[EXN][EXLEN];
     unsigned nex[EX_NKINDS];
@@ -570,12 +596,13 @@ struct tally {
 };
 
 struct slot {
-    pid_t          pid;
-    struct trial   tr;
-    unsigned       id;
-    struct result *res;
-    char           dir[300];
-    char           data[320];
+    pid_t           pid;
+    struct timespec start;
+    struct trial    tr;
+    unsigned        id;
+    struct result  *res;
+    char            dir[300];
+    char            data[320];
 };
 
 static void
@@ -676,14 +703,23 @@ slot_done(const struct variant *vr, const struct slot *sl, int status,
 {
     const struct result *res = sl->res;
     unsigned *bk = t->by_kind[sl->tr.kind];
+    unsigned *bf = t->by_file[sl->tr.file];
     char at[160];
     char why[EXLEN];
+    struct timespec now;
+    double ms;
 
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    ms = (double)(now.tv_sec - sl->start.tv_sec) * 1e3 +
+         (double)(now.tv_nsec - sl->start.tv_nsec) / 1e6;
+    t->max_ms = ms > t->max_ms ? ms : t->max_ms;
+    t->slow += ms > 2000.0;
     trial_name(vr, sl, at, sizeof(at));
     t->trials++;
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) {
         t->hangs++;
         bk[2]++;
+        bf[2]++;
         tally_ex(t, EX_HANG, "%s: no answer in %u s", at, timeout_s);
         keep_copy(sl, "hang");
         return;
@@ -692,6 +728,7 @@ slot_done(const struct variant *vr, const struct slot *sl, int status,
         crash_line(sl->dir, why, sizeof(why));
         t->crashes++;
         bk[2]++;
+        bf[2]++;
         if (WIFSIGNALED(status)) {
             tally_ex(t, EX_CRASH, "%s: signal %d (%s) %s", at,
                      WTERMSIG(status), strsignal(WTERMSIG(status)), why);
@@ -705,6 +742,7 @@ slot_done(const struct variant *vr, const struct slot *sl, int status,
     if (res->refused) {
         t->refused++;
         bk[1]++;
+        bf[1]++;
         if (!res->named) {
             t->unnamed++;
             tally_ex(t, EX_OTHER, "%s: refused without naming the file: %s",
@@ -717,9 +755,11 @@ slot_done(const struct variant *vr, const struct slot *sl, int status,
     }
     t->opened++;
     bk[0]++;
+    bf[0]++;
     if (res->wrong > 0) {
         t->wrong++;
         bk[3]++;
+        bf[3]++;
         t->wrong_vals += res->wrong;
         tally_ex(t, EX_WRONG, "%s: %u wrong, e.g. %s", at, res->wrong,
                  res->ex);
@@ -863,7 +903,7 @@ make_trials(const struct variant *vr, const struct file *files,
     for (unsigned f = 0; f < MAXFILES && vr->files[f] != NULL; f++) {
         uint64_t pages = files[f].len / PAGE;
         uint64_t named[] = { 217, 0, 1, 2, 3, pages - 1 };
-        unsigned nrand = scale != 0 ? scale : vr->trials[f];
+        unsigned nrand = scale != 0 ? scale : vr->trials[f] / TRIALS_DIV;
 
         for (unsigned i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
             if (named[i] < pages) {
@@ -901,16 +941,25 @@ print_tally(const struct variant *vr, const struct tally *t,
     printf("): %u trials: %u opened, %u refused (%u without naming the "
            "file), %u crashes, %u hangs, %u served wrong values (%u "
            "values); %u with read errors, %u with failed sets, %u lost own "
-           "sets, %u missing stored keys (evicted or lost)\n", t->trials,
-           t->opened, t->refused, t->unnamed, t->crashes, t->hangs,
-           t->wrong, t->wrong_vals, t->rderr, t->set_fail, t->set_lost,
-           t->absent);
+           "sets, %u missing stored keys (evicted or lost); %u trials over "
+           "2 s, longest %.0f ms\n", t->trials, t->opened, t->refused,
+           t->unnamed, t->crashes, t->hangs, t->wrong, t->wrong_vals,
+           t->rderr, t->set_fail, t->set_lost, t->absent, t->slow,
+           t->max_ms);
     for (int k = 0; k < DMG_NKINDS; k++) {
         const unsigned *b = t->by_kind[k];
 
         printf("  %-18s opened %3u, refused %3u, crashed or hung %3u, "
                "wrong values %3u\n", damage_names[k], b[0], b[1], b[2],
                b[3]);
+    }
+    for (unsigned f = 0; vr->files[1] != NULL && f < MAXFILES &&
+         vr->files[f] != NULL; f++) {
+        /* With two files: which one the damage was in. */
+        const unsigned *b = t->by_file[f];
+
+        printf("  %-18s opened %3u, refused %3u, crashed or hung %3u, "
+               "wrong values %3u\n", vr->files[f], b[0], b[1], b[2], b[3]);
     }
     for (unsigned i = 0; i < t->nref; i++) {
         printf("  refusal: %s\n", t->ref[i]);
@@ -941,6 +990,9 @@ START_TEST(corrupt)
     char dir[256];
     time_t t0 = time(NULL);
 
+    if (!selected(vr->name)) {
+        return;
+    }
     memset(&t, 0, sizeof(t));
     memset(files, 0, sizeof(files));
     if (tmp == NULL || *tmp == '\0' || strlen(tmp) > 200) {
@@ -1017,6 +1069,7 @@ START_TEST(corrupt)
             _exit(0);
         }
         sl->pid = pid;
+        clock_gettime(CLOCK_MONOTONIC, &sl->start);
     }
     for (int i = 0; i < NSLOTS; i++) {
         while (slots[i].pid != 0) {
