@@ -1,8 +1,9 @@
 /*
  * The recorder of the power-loss rig (see powerloss_rec.h). Every wrapper
- * below calls the real function first and, only when recording is on and
- * the fd is a file of the recorded directory, appends what the call did.
- * A write is logged after it returned, with the bytes it really wrote:
+ * below calls the real function and, only when recording is on and the fd
+ * is a file of the recorded directory, appends what the call did.
+ * A write is logged after it returned, with the bytes it really wrote
+ * (write/writev: at the fd's position less what was written):
  * the caller only acts on a write (acknowledges a commit, syncs) after
  * that, so every write lands in the log before anything it caused. A sync
  * is logged twice, at entry and after return, and only what was logged
