@@ -55,6 +55,9 @@ usage: benchmarks/compare.sh [options]
   --build DIR          build directory ($BUILD)
   --out DIR            results directory ($OUT)
   --tag NAME           add -NAME to the results file names
+  --baseline REV       also run every stashd target as built from git
+                       revision REV (targets named T@base), alternating
+                       with the others: before/after in one run
 EOF
 }
 
@@ -77,6 +80,7 @@ while [ $# -gt 0 ]; do
     --build) BUILD=$2; shift ;;
     --out) OUT=$2; shift ;;
     --tag) TAG=$2; shift ;;
+    --baseline) BASELINE=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 64 ;;
     esac
@@ -117,6 +121,19 @@ cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 cmake --build "$BUILD" -j "$(nproc)" --target stashd stashd-bench >/dev/null
 STASHD=$BUILD/stashd
 BENCH=$BUILD/stashd-bench
+STASHD_BASE=""
+if [ -n "${BASELINE:-}" ]; then
+    # The same build of another revision, from git, beside this one.
+    BASE_SRC=$BUILD-base-src
+    rm -rf "$BASE_SRC"
+    mkdir -p "$BASE_SRC"
+    git -C "$ROOT" archive "$BASELINE" | tar -x -C "$BASE_SRC"
+    log "building the baseline $BASELINE in $BUILD-base"
+    cmake -S "$BASE_SRC" -B "$BUILD-base" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+          -DBUILD_TESTING=OFF >/dev/null
+    cmake --build "$BUILD-base" -j "$(nproc)" --target stashd >/dev/null
+    STASHD_BASE=$BUILD-base/stashd
+fi
 MEMCACHED=$(command -v memcached)
 MC_USER=""
 [ "$(id -u)" = 0 ] && MC_USER="-u root"
@@ -193,10 +210,14 @@ server_cmd() {             # target port datadir memory_mb
              "-m $mem -c 4096"
         return
     fi
+    local bin=$STASHD
+    case $t in
+    *@base) bin=$STASHD_BASE; t=${t%@base} ;;
+    esac
     local b=${t%%-*} s=""
     [ "$b" != "$t" ] && s=${t#*-}
     # always name the backend and a data directory: the default may change
-    echo "$STASHD -l 127.0.0.1 -p $port -t $THREADS -m $mem -c 4096" \
+    echo "$bin -l 127.0.0.1 -p $port -t $THREADS -m $mem -c 4096" \
          "--backend $b --data-dir ${dir:-$TMP/data-none}${s:+ --sync $s}"
 }
 
@@ -277,6 +298,11 @@ if [ -n "$ONLY_TARGETS" ]; then
     PERSISTENT=$(for b in $PERSISTENT; do
                      case " $ONLY_TARGETS " in *" $b-"*) echo "$b" ;; esac
                  done | tr '\n' ' ')
+fi
+if [ -n "$STASHD_BASE" ]; then
+    TARGETS="$TARGETS $(for t in $TARGETS; do
+                            [ "$t" = memcached ] || echo "$t@base"
+                        done | tr '\n' ' ')"
 fi
 log "targets: $TARGETS"
 
