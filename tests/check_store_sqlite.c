@@ -129,7 +129,8 @@ t_cfg(struct t *t, const char *dir)
     t->cfg.now = now_s();
     t->cfg.err = t->err;
     t->cfg.errlen = sizeof(t->err);
-    snprintf(t->db, sizeof(t->db), "%s/stashd.db", dir);
+    ck_assert_int_lt(snprintf(t->db, sizeof(t->db), "%s/stashd.db", dir),
+                     (int)sizeof(t->db));
 }
 
 /* Opens t->cfg; returns the rc, attaching on success. */
