@@ -185,7 +185,13 @@ server_run(const struct server_cfg *cfg)
     s.set.pid = (long)getpid();
     atomic_store(&s.set.verbosity, cfg->verbose);
     pthread_mutex_init(&s.set.reset_lock, NULL);
+    /* A client gone mid-write is an error return, not a death. SIGHUP and
+     * SIGUSR1 are sent by log rotation and by habits from other daemons;
+     * their default action would end the process without closing the
+     * store, and stashd has no log file to reopen (it logs to stderr). */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
 
     s.lfd = cfg->unix_path != NULL ? listen_unix(cfg->unix_path)
                                    : listen_tcp(cfg);
