@@ -70,6 +70,7 @@ struct hsettings {
     uint32_t    num_threads;
     uint32_t    item_size_max;
     bool        evictions;
+    bool        shutdown;      /* -A: the shutdown command may stop us */
     uint32_t    started;       /* unix time the process started */
     long        pid;
     _Atomic int verbosity;     /* rw: the verbosity command sets it */
@@ -109,7 +110,9 @@ struct hctx {
 typedef enum handler_act {
     HANDLER_CONTINUE = 0,
     HANDLER_CLOSE_AFTER_WRITE,  /* send what is queued, then close */
-    HANDLER_CLOSE               /* close without sending more */
+    HANDLER_CLOSE,              /* close without sending more */
+    HANDLER_SHUTDOWN            /* as CLOSE_AFTER_WRITE, then stop the
+                                 * server as SIGTERM does */
 } handler_act_e;
 
 /* Converts a protocol TTL to the absolute time storage keeps. */

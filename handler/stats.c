@@ -195,7 +195,7 @@ settings(struct hctx *cx, struct line *l)
     str(l, "domain_socket", s->domain_socket != NULL ? s->domain_socket
                                                      : "NULL");
     str(l, "umask", "700");
-    str(l, "shutdown_command", "no");
+    str(l, "shutdown_command", s->shutdown ? "yes" : "no");
     snprintf(buf, sizeof(buf), "%.2f", s->growth_factor);
     str(l, "growth_factor", buf);
     u64(l, "chunk_size", s->chunk_size);

@@ -269,6 +269,34 @@ text_quit(struct hctx *cx, const struct proto_text_req *rq)
     return HANDLER_CLOSE_AFTER_WRITE;
 }
 
+/*
+ * shutdown [graceful], with -A. Both modes take the SIGTERM path, which
+ * already finishes what was read and closes the store cleanly: memcached's
+ * graceful mode differs only for its restartable memory file (-e).
+ */
+static handler_act_e
+text_shutdown(struct hctx *cx, const struct proto_text_req *rq)
+{
+    size_t pos = 0;
+    const char *mode = NULL;
+    size_t len = 0;
+    size_t nargs = 0;
+
+    if (!cx->set->shutdown) {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_SHUTDOWN_OFF));
+        return HANDLER_CONTINUE;
+    }
+    while (nargs < 2 && proto_text_next_key(rq, &pos, &mode, &len)) {
+        nargs++;
+    }
+    if (nargs == 0 ||
+        (nargs == 1 && len == 8 && memcmp(mode, "graceful", 8) == 0)) {
+        return HANDLER_SHUTDOWN;
+    }
+    line(cx, proto_text_reply_text(PROTO_TEXT_R_SHUTDOWN_MODE));
+    return HANDLER_CONTINUE;
+}
+
 static handler_act_e
 text_mn(struct hctx *cx, const struct proto_text_req *rq)
 {
@@ -378,6 +406,7 @@ static const text_fn by_cmd[] = {
     [PROTO_TEXT_QUIT] = text_quit,
     [PROTO_TEXT_STATS] = text_stats,
     [PROTO_TEXT_MN] = text_mn,
+    [PROTO_TEXT_SHUTDOWN] = text_shutdown,
     [PROTO_TEXT_META] = text_meta,
 };
 

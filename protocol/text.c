@@ -81,6 +81,7 @@ static const struct {
     { "quit",        PROTO_TEXT_QUIT,      1, ANY, parse_args },
     { "stats",       PROTO_TEXT_STATS,     1, ANY, parse_args },
     { "mn",          PROTO_TEXT_MN,        1, ANY, parse_args },
+    { "shutdown",    PROTO_TEXT_SHUTDOWN,  1, ANY, parse_args },
     { "mg",          PROTO_TEXT_META,      1, ANY, parse_args },
     { "ms",          PROTO_TEXT_META,      1, ANY, parse_args },
     { "md",          PROTO_TEXT_META,      1, ANY, parse_args },
@@ -124,6 +125,8 @@ static const char *const reply_text[PROTO_TEXT_R_COUNT] = {
     [PROTO_TEXT_R_NO_MEMORY] = "SERVER_ERROR out of memory storing object",
     [PROTO_TEXT_R_DETAIL_USAGE] = ("CLIENT_ERROR usage: stats detail"
                                    " on|off|dump"),
+    [PROTO_TEXT_R_SHUTDOWN_OFF] = "ERROR: shutdown not enabled",
+    [PROTO_TEXT_R_SHUTDOWN_MODE] = "CLIENT_ERROR invalid shutdown mode",
 };
 
 /* ---- tokens ---- */
@@ -463,8 +466,9 @@ parse_verbosity(const struct ctx *cx, struct proto_text_req *rq,
 }
 
 /*
- * version, quit, mn (arguments ignored), stats [sub [args]] and the meta
- * commands: key = the first argument (meta: the command), args = the rest.
+ * version, quit, mn (arguments ignored), stats [sub [args]], shutdown
+ * [mode] and the meta commands: key = the first argument (meta: the
+ * command), args = the arguments.
  */
 static proto_rc_e
 parse_args(const struct ctx *cx, struct proto_text_req *rq, size_t *used)

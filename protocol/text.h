@@ -59,6 +59,7 @@ typedef enum proto_text_cmd {
     PROTO_TEXT_QUIT,
     PROTO_TEXT_STATS,
     PROTO_TEXT_MN,          /* meta no-op: reply "MN" */
+    PROTO_TEXT_SHUTDOWN,    /* shutdown [graceful]: args as for stats */
     PROTO_TEXT_META         /* mg ms md ma me: line only, see below */
 } proto_text_cmd_e;
 
@@ -92,9 +93,11 @@ struct proto_text_req {
     const char      *line;      /* ro: the line memcached sees: no "\r\n", */
     size_t           line_len;  /*     and cut at its first NUL byte */
     const char      *key;       /* ro: the key; get family: the first key; */
-    size_t           keylen;    /*     stats: the subcommand; meta: "mg".. */
-    const char      *args;      /* ro: get family: the keys; stats, meta: */
-    size_t           args_len;  /*     all after the command; walk it with */
+    size_t           keylen;    /*     stats, shutdown: the first argument; */
+                                /*     meta: "mg".. */
+    const char      *args;      /* ro: get family: the keys; stats, */
+    size_t           args_len;  /*     shutdown, meta: all after the */
+                                /*     command; walk it with */
                                 /*     proto_text_next_key() */
     size_t           nkeys;     /* ro: get family: the number of keys; with */
                                 /*     E_FORMAT: the index of the long key */
@@ -161,6 +164,8 @@ typedef enum proto_text_reply {
     PROTO_TEXT_R_NON_NUMERIC,   /* incr/decr on a value that is no number */
     PROTO_TEXT_R_NO_MEMORY,     /* storing failed for want of memory */
     PROTO_TEXT_R_DETAIL_USAGE,  /* stats detail without on|off|dump */
+    PROTO_TEXT_R_SHUTDOWN_OFF,  /* shutdown, without -A */
+    PROTO_TEXT_R_SHUTDOWN_MODE, /* shutdown, with -A, but not [graceful] */
     PROTO_TEXT_R_COUNT
 } proto_text_reply_e;
 

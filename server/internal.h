@@ -55,11 +55,15 @@ struct server {
     ev_io                    accept_io;
     ev_signal                sigterm;
     ev_signal                sigint;
+    ev_async                 stop_req;  /* a shutdown command, any thread */
     _Atomic uint64_t         curr_conns;
     _Atomic uint64_t         total_conns;
     _Atomic uint64_t         rejected_conns;
     _Atomic bool             accepting;
 };
+
+/* Stops the server as SIGTERM does, from any thread (shutdown command). */
+void server_request_stop(struct server *s);
 
 /* Starts worker w's thread; 0 or -1. */
 int worker_start(struct worker *w);

@@ -131,17 +131,43 @@ on_accept(struct ev_loop *loop, ev_io *io, int revents)
 }
 
 static void
+stop_serving(struct server *s)
+{
+    ev_io_stop(s->loop, &s->accept_io);
+    atomic_store(&s->accepting, false);
+    ev_break(s->loop, EVBREAK_ALL);
+}
+
+static void
 on_signal(struct ev_loop *loop, ev_signal *sig, int revents)
 {
     struct server *s = sig->data;
 
+    (void)loop;
     (void)revents;
     if (s->cfg->verbose > 0) {
         fprintf(stderr, "stashd: signal %d, shutting down\n", sig->signum);
     }
-    ev_io_stop(loop, &s->accept_io);
-    atomic_store(&s->accepting, false);
-    ev_break(loop, EVBREAK_ALL);
+    stop_serving(s);
+}
+
+static void
+on_stop_request(struct ev_loop *loop, ev_async *a, int revents)
+{
+    struct server *s = a->data;
+
+    (void)loop;
+    (void)revents;
+    if (s->cfg->verbose > 0) {
+        fprintf(stderr, "stashd: shutdown command, shutting down\n");
+    }
+    stop_serving(s);
+}
+
+void
+server_request_stop(struct server *s)
+{
+    ev_async_send(s->loop, &s->stop_req);
 }
 
 static int
@@ -181,6 +207,7 @@ server_run(const struct server_cfg *cfg)
     s.set.num_threads = cfg->threads;
     s.set.item_size_max = cfg->store.item_max;
     s.set.evictions = !cfg->store.no_evict;
+    s.set.shutdown = cfg->shutdown;
     s.set.started = (uint32_t)time(NULL) - 2;
     s.set.pid = (long)getpid();
     atomic_store(&s.set.verbosity, cfg->verbose);
@@ -219,6 +246,11 @@ server_run(const struct server_cfg *cfg)
         status = 1;
         goto out;
     }
+    /* Before the workers: a shutdown command may reach it at once. */
+    s.loop = EV_DEFAULT;
+    ev_async_init(&s.stop_req, on_stop_request);
+    s.stop_req.data = &s;
+    ev_async_start(s.loop, &s.stop_req);
     s.nworkers = cfg->threads;
     s.workers = calloc(s.nworkers, sizeof(*s.workers));
     if (s.workers == NULL) {
@@ -235,7 +267,6 @@ server_run(const struct server_cfg *cfg)
             goto stop;
         }
     }
-    s.loop = EV_DEFAULT;
     atomic_store(&s.accepting, true);
     ev_io_init(&s.accept_io, on_accept, s.lfd, EV_READ);
     ev_io_start(s.loop, &s.accept_io);

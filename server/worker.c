@@ -350,6 +350,9 @@ conn_process(struct conn *c, const char *buf, size_t len, size_t *need)
             c->close_after_write = true;
         } else if (act == HANDLER_CLOSE) {
             conn_close(c);
+        } else if (act == HANDLER_SHUTDOWN) {
+            c->close_after_write = true;
+            server_request_stop(w->srv);
         }
     }
     if (c->out.oom) {

@@ -261,6 +261,12 @@ static const struct ok_case oks[] = {
       .args = "detail on" },
     { S("stats settings\t\r\n"), PROTO_TEXT_STATS, .key = "settings\t" },
     { S("stats noreply\r\n"), PROTO_TEXT_STATS, .key = "noreply" },
+    { S("shutdown\r\n"), PROTO_TEXT_SHUTDOWN, .args = "" },
+    { S("shutdown graceful\r\n"), PROTO_TEXT_SHUTDOWN, .key = "graceful",
+      .args = "graceful" },
+    { S("shutdown  graceful x\r\n"), PROTO_TEXT_SHUTDOWN,
+      .key = "graceful", .args = "graceful x" },
+    { S("shutdown noreply\r\n"), PROTO_TEXT_SHUTDOWN, .key = "noreply" },
     { S("mn\r\n"), PROTO_TEXT_MN },
     { S("mn x\r\n"), PROTO_TEXT_MN, .key = "x" },
     { S("mn\0\r\n"), PROTO_TEXT_MN },
@@ -396,7 +402,7 @@ static const struct err_case errs[] = {
     UNK("flush_all 1 2 3\r\n"), UNK("verbosity\r\n"),
     UNK("verbosity 1 2 3\r\n"), UNK("lru_crawler\r\n"), UNK("watch\r\n"),
     UNK("lru HTTP/1.1\r\n"), UNK("extstore HTTP/1.1\r\n"),
-    UNK("shutdown\r\n"), UNK("slabs HTTP/1.1\r\n"),
+    UNK("SHUTDOWN\r\n"), UNK("slabs HTTP/1.1\r\n"),
     UNK("cache_memlimit 100\r\n"), UNK("debugtime HTTP/1.1\r\n"),
     UNK("x HTTP/1.1\r\n"), UNK("xx HTTP/1.1 b\r\n"), UNK("xx HTTPS\r\n"),
     UNK("xx http/1.1\r\n"), UNK("gxx HTTP/1.1\r\n"), UNK("HTTP/1.1 xx\r\n"),
@@ -1040,6 +1046,7 @@ START_TEST(reply_texts)
         "CLIENT_ERROR cannot increment or decrement non-numeric value",
         "SERVER_ERROR out of memory storing object",
         "CLIENT_ERROR usage: stats detail on|off|dump",
+        "ERROR: shutdown not enabled", "CLIENT_ERROR invalid shutdown mode",
     };
 
     for (int r = 0; r < PROTO_TEXT_R_COUNT; r++) {
