@@ -54,6 +54,9 @@ struct hconn_stats {
     uint64_t total_connections;
     uint64_t rejected_connections;
     uint64_t connection_structures;
+    uint64_t reserved_fds;              /* descriptors not for clients */
+    uint64_t listen_disabled_num;       /* accept pauses, out of fds */
+    uint64_t time_in_listen_disabled_us;
     bool     accepting;
 };
 

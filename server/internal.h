@@ -52,13 +52,21 @@ struct server {
     unsigned                 next;      /* round robin, main thread only */
     struct ev_loop          *loop;      /* main thread's */
     int                      lfd;
+    uint32_t                 conn_limit;   /* ro once serving: -c, or less
+                                            * when descriptors are short */
+    uint32_t                 reserved_fds; /* ro once serving: not for
+                                            * clients */
     ev_io                    accept_io;
+    ev_timer                 accept_retry; /* accepting paused: no fds */
+    ev_tstamp                paused_at;    /* main thread only */
     ev_signal                sigterm;
     ev_signal                sigint;
     ev_async                 stop_req;  /* a shutdown command, any thread */
     _Atomic uint64_t         curr_conns;
     _Atomic uint64_t         total_conns;
     _Atomic uint64_t         rejected_conns;
+    _Atomic uint64_t         listen_disabled_num;
+    _Atomic uint64_t         listen_disabled_us;
     _Atomic bool             accepting;
 };
 

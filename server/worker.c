@@ -667,6 +667,9 @@ worker_conn_stats(void *arg, struct hconn_stats *out)
     out->total_connections = atomic_load(&s->total_conns);
     out->rejected_connections = atomic_load(&s->rejected_conns);
     out->connection_structures = out->curr_connections + 1;
+    out->reserved_fds = s->reserved_fds;
+    out->listen_disabled_num = atomic_load(&s->listen_disabled_num);
+    out->time_in_listen_disabled_us = atomic_load(&s->listen_disabled_us);
     out->accepting = atomic_load(&s->accepting);
 }
 
