@@ -39,6 +39,8 @@ struct worker {
     struct conn       *conns;   /* live connections */
     char              *rscratch; /* shared read buffer: most reads land
                                   * here and leave nothing behind */
+    char              *vscratch; /* small values a copying backend
+                                  * returns, for the reply queues */
 };
 
 struct server {

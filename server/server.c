@@ -447,6 +447,7 @@ stop:
         }
         free(w->newfds);
         free(w->rscratch);
+        free(w->vscratch);
     }
     free(s.workers);
 out:

@@ -130,7 +130,7 @@ conn_new(struct worker *w, int fd)
     c->w = w;
     c->fd = fd;
     c->wait.done = conn_wait_done;
-    reply_init(&c->out, w->srv->ops, w->thr);
+    reply_init(&c->out, w->srv->ops, w->thr, w->vscratch);
     c->events = EV_READ;
     ev_io_init(&c->io, conn_cb, fd, EV_READ);
     ev_io_start(w->loop, &c->io);
@@ -327,7 +327,7 @@ conn_process(struct conn *c, const char *buf, size_t len, size_t *need)
             pos += n;
             continue;
         }
-        if (reply_queued(&c->out) > OUT_HIGH_WATER) {
+        if (reply_backlog(&c->out) > OUT_HIGH_WATER) {
             c->held = true;
             break;
         }
@@ -465,7 +465,7 @@ static void
 conn_resume(struct conn *c)
 {
     while (conn_flush(c) && c->held &&
-           reply_queued(&c->out) <= OUT_HIGH_WATER) {
+           reply_backlog(&c->out) <= OUT_HIGH_WATER) {
         c->held = false;
         if (c->in == NULL || c->in_end == c->in_start ||
             !conn_run(c, c->in + c->in_start, c->in_end - c->in_start)) {
@@ -482,7 +482,7 @@ conn_update(struct conn *c)
     if (c->closed) {
         return;
     }
-    if (!c->close_after_write && reply_queued(&c->out) <= OUT_HIGH_WATER &&
+    if (!c->close_after_write && reply_backlog(&c->out) <= OUT_HIGH_WATER &&
         (c->in == NULL || c->in_end < c->in_cap)) {
         ev |= EV_READ;
     }
@@ -807,7 +807,8 @@ worker_start(struct worker *w)
     s->hs.conns = worker_conns;
     w->loop = ev_loop_new(EVFLAG_AUTO);
     w->rscratch = malloc(SCRATCH_SIZE);
-    if (w->loop == NULL || w->rscratch == NULL ||
+    w->vscratch = malloc(REPLY_COPY_MAX);
+    if (w->loop == NULL || w->rscratch == NULL || w->vscratch == NULL ||
         pthread_mutex_init(&w->lock, NULL) != 0) {
         return -1;
     }
