@@ -513,24 +513,44 @@ starts_with(const char *p, size_t n, const char *s)
     return n >= sn && memcmp(p, s, sn) == 0;
 }
 
+/*
+ * The lines memcached reads past PROTO_TEXT_LINE_MAX: at most
+ * PROTO_TEXT_LEAD_MAX spaces, then "get " or "gets ". Returns the bytes
+ * before the keys and sets *cmd, or returns 0.
+ */
+static size_t
+long_get(const char *buf, size_t len, proto_text_cmd_e *cmd)
+{
+    size_t i = 0;
+
+    while (i < len && buf[i] == ' ') {
+        i++;
+    }
+    if (i > PROTO_TEXT_LEAD_MAX) {
+        return 0;
+    }
+    if (starts_with(buf + i, len - i, "get ")) {
+        *cmd = PROTO_TEXT_GET;
+        return i + 4;
+    }
+    if (starts_with(buf + i, len - i, "gets ")) {
+        *cmd = PROTO_TEXT_GETS;
+        return i + 5;
+    }
+    return 0;
+}
+
 /* No '\n' yet: wait, or give up on a line that cannot be memcached's. */
 static proto_rc_e
 unterminated(const char *buf, size_t len, struct proto_text_req *rq,
              size_t *used)
 {
-    size_t i = 0;
+    proto_text_cmd_e cmd;
 
-    if (len > PROTO_TEXT_LINE_MAX) {
-        while (i < len && buf[i] == ' ') {
-            i++;
-        }
-        if (i > PROTO_TEXT_LEAD_MAX ||
-            !(starts_with(buf + i, len - i, "get ") ||
-              starts_with(buf + i, len - i, "gets "))) {
-            rq->err = PROTO_TEXT_E_LINE_TOO_LONG;
-            *used = 0;
-            return PROTO_EMAGIC;
-        }
+    if (len > PROTO_TEXT_LINE_MAX && long_get(buf, len, &cmd) == 0) {
+        rq->err = PROTO_TEXT_E_LINE_TOO_LONG;
+        *used = 0;
+        return PROTO_EMAGIC;
     }
     *used = len + 1;
     return PROTO_NEED_MORE;
@@ -598,6 +618,114 @@ proto_text_decode(const char *buf, size_t len, size_t max_value,
         return text_cmds[i].parse(&cx, rq, used);
     }
     return unknown(&cx, rq, used);
+}
+
+bool
+proto_text_stream_start(struct proto_text_stream *st, const char *buf,
+                        size_t len, size_t *used)
+{
+    proto_text_cmd_e cmd = PROTO_TEXT_NONE;
+    size_t n = long_get(buf, len, &cmd);
+
+    if (n == 0) {
+        return false;
+    }
+    memset(st, 0, sizeof(*st));
+    st->cmd = cmd;
+    *used = n;
+    return true;
+}
+
+/* The rest of a line after a NUL or a refused key: nothing to run but,
+ * after a NUL, the "END" when the line ends. */
+static proto_rc_e
+skip_rest(struct proto_text_stream *st, bool ended,
+          struct proto_text_req *rq)
+{
+    if (st->cut && ended) {
+        rq->cmd = st->cmd;
+    }
+    rq->partial = !ended;
+    if (ended) {
+        memset(st, 0, sizeof(*st));
+    }
+    return PROTO_OK;
+}
+
+proto_rc_e
+proto_text_decode_more(struct proto_text_stream *st, const char *buf,
+                       size_t len, struct proto_text_req *rq, size_t *used)
+{
+    const char *nl = memchr(buf, '\n', len);
+    size_t n = nl != NULL ? (size_t)(nl - buf) : len;
+    const char *nul;
+    size_t pos = 0;
+    const char *key;
+    size_t keylen;
+
+    memset(rq, 0, sizeof(*rq));
+    *used = nl != NULL ? n + 1 : len;
+    if (len == 0) {
+        return PROTO_NEED_MORE;
+    }
+    if (st->cut || st->failed) {
+        return skip_rest(st, nl != NULL, rq);
+    }
+    /* The whole line is long: its '\r' goes, then a NUL ends it. */
+    if (nl != NULL && n > 0 && buf[n - 1] == '\r') {
+        n--;
+    }
+    nul = memchr(buf, '\0', n);
+    if (nul != NULL) {
+        n = (size_t)(nul - buf);
+        st->cut = nl == NULL;
+    } else if (nl == NULL) {
+        /* The last token may go on in the next read. */
+        const char *sp = memrchr(buf, ' ', len);
+
+        n = sp != NULL ? (size_t)(sp - buf) + 1 : 0;
+        /* A last '\r' may be the line's end, not the key's. */
+        if (len - n > PROTO_KEY_MAX + (buf[len - 1] == '\r' ? 1u : 0u)) {
+            goto too_long;
+        }
+        if (n == 0) {
+            *used = 0;
+            return PROTO_NEED_MORE;
+        }
+        *used = n;
+    }
+    rq->cmd = st->cmd;
+    rq->exptime = st->exptime;
+    rq->line = rq->args = buf;
+    rq->line_len = rq->args_len = n;
+    while (proto_text_next_key(rq, &pos, &key, &keylen)) {
+        if (keylen > PROTO_KEY_MAX) {
+            goto too_long;
+        }
+        if (rq->nkeys == 0) {
+            rq->key = key;
+            rq->keylen = keylen;
+        }
+        rq->nkeys++;
+    }
+    rq->partial = nl == NULL;
+    if (nl != NULL) {
+        memset(st, 0, sizeof(*st));
+    }
+    return PROTO_OK;
+
+too_long:
+    /* memcached refuses the whole line for it; what was already run of
+     * it cannot be taken back, the rest is skipped. */
+    rq->cmd = st->cmd;
+    rq->err = PROTO_TEXT_E_FORMAT;
+    *used = nl != NULL ? (size_t)(nl - buf) + 1 : len;
+    memset(st, 0, sizeof(*st));
+    if (nl == NULL) {
+        st->cmd = rq->cmd;
+        st->failed = true;
+    }
+    return PROTO_EINVAL;
 }
 
 bool
