@@ -108,14 +108,21 @@ struct hctx {
     uint32_t                now;   /* current unix time */
     struct store_wait      *wait;  /* the connection's, or NULL to block */
     unsigned                pending; /* out: writes still to be made durable */
+    size_t                  out_max; /* ro: a multi-key get stops once more
+                                      * than this is queued; 0: never */
+    const char             *resume;  /* out, HANDLER_SUSPEND: where the keys
+                                      * not run yet begin */
 };
 
 typedef enum handler_act {
     HANDLER_CONTINUE = 0,
     HANDLER_CLOSE_AFTER_WRITE,  /* send what is queued, then close */
     HANDLER_CLOSE,              /* close without sending more */
-    HANDLER_SHUTDOWN            /* as CLOSE_AFTER_WRITE, then stop the
+    HANDLER_SHUTDOWN,           /* as CLOSE_AFTER_WRITE, then stop the
                                  * server as SIGTERM does */
+    HANDLER_SUSPEND             /* a get stopped at cx->out_max: run the
+                                 * keys from cx->resume on as the rest of
+                                 * its line, once the queue has drained */
 } handler_act_e;
 
 /* Converts a protocol TTL to the absolute time storage keeps. */

@@ -81,9 +81,15 @@ value(struct hctx *cx, const char *key, size_t keylen, struct store_item *it,
     reply_append(cx->out, "\r\n", 2);
 }
 
-/* get, gets, gat, gats: the first nkeys keys (all of them when whole). */
-static void
-get_keys(struct hctx *cx, const struct proto_text_req *rq, uint32_t nkeys)
+/*
+ * get, gets, gat, gats. Past cx->out_max queued bytes the rest of the keys
+ * wait for the client to read (false, cx->resume set): a copying backend
+ * copies every value it returns, so a line naming one big value many
+ * times would otherwise cost a copy per key, all at once. At least one key
+ * runs per call, so the line always progresses.
+ */
+static bool
+get_keys(struct hctx *cx, const struct proto_text_req *rq)
 {
     bool with_cas = rq->cmd == PROTO_TEXT_GETS || rq->cmd == PROTO_TEXT_GATS;
     bool touch = rq->cmd == PROTO_TEXT_GAT || rq->cmd == PROTO_TEXT_GATS;
@@ -91,23 +97,34 @@ get_keys(struct hctx *cx, const struct proto_text_req *rq, uint32_t nkeys)
     size_t pos = 0;
     const char *key;
     size_t keylen;
+    bool first = true;
 
-    for (uint32_t i = 0; i < nkeys &&
-         proto_text_next_key(rq, &pos, &key, &keylen); i++) {
+    while (proto_text_next_key(rq, &pos, &key, &keylen)) {
         struct store_item it;
 
+        if (!first && cx->out_max != 0 &&
+            reply_backlog(cx->out) > cx->out_max) {
+            cx->resume = key;
+            return false;
+        }
+        first = false;
         if (hcore_get(cx, key, keylen, touch ? &exp : NULL, &it) ==
             STORE_OK) {
             value(cx, key, keylen, &it, with_cas);
         }
     }
+    return true;
 }
 
 static handler_act_e
 text_get(struct hctx *cx, const struct proto_text_req *rq)
 {
-    get_keys(cx, rq, rq->nkeys);
-    line(cx, "END");
+    if (!get_keys(cx, rq)) {
+        return HANDLER_SUSPEND;
+    }
+    if (!rq->partial) {
+        line(cx, "END");
+    }
     return HANDLER_CONTINUE;
 }
 

@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -36,6 +37,7 @@ static const char too_many[] = "ERROR Too many open connections\r\n";
 /* Out of descriptors, accept() fails at once and the listener stays
  * readable: instead of spinning on it, stop accepting this long. */
 #define ACCEPT_PAUSE 0.05
+#define MMAP_THRESHOLD (128 * 1024)
 
 /*
  * memcached's rule: refuse to start when the hard descriptor limit is below
@@ -356,6 +358,14 @@ server_run(const struct server_cfg *cfg)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     signal(SIGUSR1, SIG_IGN);
+    /* glibc raises its mmap threshold to the size of any mapped block that
+     * is freed (up to 32 MB); from then on big buffers (values copied for
+     * replies, read buffers of large requests) come from the heap, where
+     * freeing them seldom gives memory back: a burst of big replies left
+     * its peak in RSS for good. Fixed at glibc's default, every buffer
+     * above it is mapped on its own and returned to the system when
+     * freed. */
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
 
     if (fd_limit_check(cfg) != 0) {
         return 1;

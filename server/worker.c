@@ -30,8 +30,9 @@
 #define CONN_BUF_MIN (16 * 1024)
 /* Room for a request's header or command line beyond its value. */
 #define CONN_BUF_SLACK (64 * 1024)
-/* Past this many unsent bytes a connection is not read from until its
- * client reads: a client that never reads cannot grow our memory. */
+/* Past this many unsent bytes a connection is not read from, nor a
+ * multi-get run further, until its client reads: a client that never reads
+ * cannot grow our memory. */
 #define OUT_HIGH_WATER (1024 * 1024)
 #define IOV_BATCH 1024
 
@@ -51,6 +52,7 @@ struct conn {
     size_t             in_end;
     size_t             in_cap;
     uint64_t           swallow;   /* body bytes still to skip */
+    struct proto_text_stream stream; /* a get line run a piece at a time */
     struct reply       out;
     struct store_wait  wait;      /* for writes that complete later */
     unsigned           pending;   /* writes not yet durable; loop-owned */
@@ -266,6 +268,13 @@ conn_exec_binary(struct conn *c, const char *buf, size_t len, size_t *need,
     }
 }
 
+/* No request is bigger than an item plus its line or header. */
+static size_t
+conn_buf_max(const struct worker *w)
+{
+    return (size_t)w->srv->set.item_size_max + CONN_BUF_SLACK;
+}
+
 static size_t
 conn_exec_text(struct conn *c, const char *buf, size_t len, size_t *need,
                handler_act_e *act)
@@ -273,19 +282,42 @@ conn_exec_text(struct conn *c, const char *buf, size_t len, size_t *need,
     struct worker *w = c->w;
     struct proto_text_req rq;
     size_t used = 0;
-    proto_rc_e rc = proto_text_decode(buf, len, w->srv->set.item_size_max,
-                                      &rq, &used);
+    proto_rc_e rc;
 
+    if (c->stream.cmd != PROTO_TEXT_NONE) {
+        rc = proto_text_decode_more(&c->stream, buf, len, &rq, &used);
+    } else {
+        rc = proto_text_decode(buf, len, w->srv->set.item_size_max, &rq,
+                               &used);
+        /* memcached reads a get line whatever its length; one longer than
+         * a buffer may grow to has its keys run as they arrive. */
+        if (rc == PROTO_NEED_MORE && len >= conn_buf_max(w) &&
+            proto_text_stream_start(&c->stream, buf, len, &used)) {
+            return used;
+        }
+    }
     switch (rc) {
     case PROTO_NEED_MORE:
         *need = used;
         return 0;
     case PROTO_OK:
+        if (rq.cmd == PROTO_TEXT_NONE) {
+            return used;    /* the rest of a line that runs no more */
+        }
         if (w->srv->cfg->verbose > 1) {
             fprintf(stderr, "<%d %.*s\n", c->fd, (int)(rq.line_len > 200 ?
                     200 : rq.line_len), rq.line);
         }
         *act = handler_text(&w->cx, &rq);
+        if (*act == HANDLER_SUSPEND) {
+            /* Stopped at back-pressure: the keys not run yet stay in the
+             * buffer and go on as the rest of the line once it drains. */
+            memset(&c->stream, 0, sizeof(c->stream));
+            c->stream.cmd = rq.cmd;
+            c->stream.exptime = rq.exptime;
+            *act = HANDLER_CONTINUE;
+            return (size_t)(w->cx.resume - buf);
+        }
         return used;
     case PROTO_EMAGIC:
         *act = handler_text_refused(&w->cx, rc, &rq);
@@ -398,7 +430,7 @@ static bool
 conn_keep(struct conn *c, const char *p, size_t n, size_t need)
 {
     size_t want = need > n ? need : n;
-    size_t limit = (size_t)c->w->srv->set.item_size_max + CONN_BUF_SLACK;
+    size_t limit = conn_buf_max(c->w);
 
     if (want < CONN_BUF_MIN) {
         want = CONN_BUF_MIN;
@@ -408,7 +440,6 @@ conn_keep(struct conn *c, const char *p, size_t n, size_t need)
         want = 2 * c->in_cap;
     }
     if (want > limit) {
-        /* No request is bigger than an item plus its line or header. */
         want = need > limit ? need : limit;
         if (want > limit) {
             return false;
@@ -820,6 +851,7 @@ worker_start(struct worker *w)
     w->cx.st = &w->stats;
     w->cx.set = &s->set;
     w->cx.srv = &s->hs;
+    w->cx.out_max = OUT_HIGH_WATER;
     ev_async_init(&w->wake, worker_wake);
     ev_async_start(w->loop, &w->wake);
     ev_prepare_init(&w->prepare, worker_before_poll);
