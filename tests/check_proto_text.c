@@ -934,13 +934,17 @@ END_TEST
 struct run {
     char  *p;
     size_t len;
+    size_t cap;
 };
 
 static void
 run_add(struct run *r, const char *p, size_t n)
 {
-    r->p = realloc(r->p, r->len + n + 1);
-    ck_assert_ptr_nonnull(r->p);
+    if (r->len + n + 1 > r->cap) {
+        r->cap = 2 * (r->len + n + 1);
+        r->p = realloc(r->p, r->cap);
+        ck_assert_ptr_nonnull(r->p);
+    }
     memcpy(r->p + r->len, p, n);
     r->len += n;
     r->p[r->len] = '\0';
