@@ -60,6 +60,7 @@ struct server {
                                             * clients */
     ev_io                    accept_io;
     ev_timer                 accept_retry; /* accepting paused: no fds */
+    ev_timer                 trim;         /* freed memory back to the OS */
     ev_tstamp                paused_at;    /* main thread only */
     ev_signal                sigterm;
     ev_signal                sigint;

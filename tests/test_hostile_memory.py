@@ -14,8 +14,8 @@ attack where the kernel lets it (else the peak since start counts).
   while it reads every value back.
 - 50 clients that send 4-key gets of a 500 KB value and never read: each
   may cost at most the mark plus one value, and once they are gone the
-  memory must go back to the system (RSS within 4 MB of where it started;
-  glibc once kept tens of MB of freed value buffers).
+  memory must go back to the system (RSS within 4 MB of where it started,
+  within 5 s; glibc once kept tens of MB of freed value buffers).
 Under AddressSanitizer (its redzones and quarantine are memory too) the
 replies are checked and the figures printed, but not held to the bounds.
 Prints "N passed, M failed"; stops the server by pid.
@@ -208,9 +208,14 @@ def clients_that_never_read_cost_a_bounded_amount_and_give_it_back():
     assert recv_until(s, b"\r\n") == b"END\r\n"
     for c in hostile:
         c.close()
+    # Freed memory goes back to the system within a second or so.
     left = settle() - rss0
+    deadline = time.monotonic() + 5
+    while left >= 4 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = SRV.kb("VmRSS") - rss0
     SRV.bounded(left < 4 * 1024,
-                "RSS still +%d kB after the clients left" % left)
+                "RSS still +%d kB 5 s after the clients left" % left)
     s.close()
     return "peak +%d kB (bound %d kB), +%d kB once they left" % (
         peak, bound, left)
