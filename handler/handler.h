@@ -110,6 +110,9 @@ struct hctx {
     unsigned                pending; /* out: writes still to be made durable */
     size_t                  out_max; /* ro: a multi-key get stops once more
                                       * than this is queued; 0: never */
+    size_t                  keys_max; /* ro: ... or once it ran this many
+                                       * keys; 0: never */
+    size_t                  keys_run; /* out: keys the last get ran */
     const char             *resume;  /* out, HANDLER_SUSPEND: where the keys
                                       * not run yet begin */
 };
@@ -120,9 +123,10 @@ typedef enum handler_act {
     HANDLER_CLOSE,              /* close without sending more */
     HANDLER_SHUTDOWN,           /* as CLOSE_AFTER_WRITE, then stop the
                                  * server as SIGTERM does */
-    HANDLER_SUSPEND             /* a get stopped at cx->out_max: run the
-                                 * keys from cx->resume on as the rest of
-                                 * its line, once the queue has drained */
+    HANDLER_SUSPEND             /* a get stopped at cx->out_max or
+                                 * cx->keys_max: run the keys from
+                                 * cx->resume on as the rest of its line,
+                                 * later (once the queue has drained) */
 } handler_act_e;
 
 /* Converts a protocol TTL to the absolute time storage keeps. */

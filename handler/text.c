@@ -83,10 +83,12 @@ value(struct hctx *cx, const char *key, size_t keylen, struct store_item *it,
 
 /*
  * get, gets, gat, gats. Past cx->out_max queued bytes the rest of the keys
- * wait for the client to read (false, cx->resume set): a copying backend
- * copies every value it returns, so a line naming one big value many
- * times would otherwise cost a copy per key, all at once. At least one key
- * runs per call, so the line always progresses.
+ * wait for the client to read, and past cx->keys_max keys for the other
+ * clients' turn (false, cx->resume set): a copying backend copies every
+ * value it returns, so a line naming one big value many times would cost a
+ * copy per key at once, and a line of a million keys would hold up every
+ * other connection of the thread while it runs. At least one key runs per
+ * call, so the line always progresses.
  */
 static bool
 get_keys(struct hctx *cx, const struct proto_text_req *rq)
@@ -97,17 +99,18 @@ get_keys(struct hctx *cx, const struct proto_text_req *rq)
     size_t pos = 0;
     const char *key;
     size_t keylen;
-    bool first = true;
 
+    cx->keys_run = 0;
     while (proto_text_next_key(rq, &pos, &key, &keylen)) {
         struct store_item it;
 
-        if (!first && cx->out_max != 0 &&
-            reply_backlog(cx->out) > cx->out_max) {
+        if (cx->keys_run > 0 &&
+            ((cx->out_max != 0 && reply_backlog(cx->out) > cx->out_max) ||
+             (cx->keys_max != 0 && cx->keys_run >= cx->keys_max))) {
             cx->resume = key;
             return false;
         }
-        first = false;
+        cx->keys_run++;
         if (hcore_get(cx, key, keylen, touch ? &exp : NULL, &it) ==
             STORE_OK) {
             value(cx, key, keylen, &it, with_cas);

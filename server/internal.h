@@ -23,6 +23,9 @@ struct worker {
     ev_async           wake;    /* new fds, completions, stop */
     ev_prepare         prepare; /* store idle; yield after a long busy run */
     ev_check           woke;    /* notes the polls that slept */
+    ev_idle            awake;   /* active while turns is not empty */
+    struct conn       *turns;   /* thread only: connections that used up
+                                 * their turn with requests left */
     bool               busy;    /* thread only: this pass read requests */
     ev_tstamp          awake_since; /* thread only: end of the last sleep
                                      * or yield */

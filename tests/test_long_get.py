@@ -227,6 +227,33 @@ def a_key_too_long_ends_the_line_with_memcacheds_error():
     s.close()
 
 
+def stat(s, name):
+    s.sendall(b"stats\r\n")
+    for line in recv_until(s, b"END\r\n").split(b"\r\n"):
+        if line.startswith(b"STAT %s " % name):
+            return int(line.split()[2])
+    raise AssertionError("no stat %s" % name)
+
+
+@check
+def work_beyond_a_turn_is_taken_in_turns_and_in_order():
+    s = connect()
+    s.sendall(b"set t 3 0 2\r\nok\r\n")
+    assert recv_until(s, b"\r\n") == b"STORED\r\n"
+    yields = stat(s, b"conn_yields")
+    # 3,000 pipelined requests in one write, then 5,000 keys in one line:
+    # each is more than one turn (256 keys or requests) of the worker.
+    one = b"VALUE t 3 2\r\nok\r\n"
+    got = send_and_read(s, b"get t nokey\r\n" * 3000 + b"get" +
+                        b" t" * 5000 + b"\r\nmn\r\n", b"END\r\nMN\r\n")
+    assert got == ((one + b"END\r\n") * 3000 + one * 5000 +
+                   b"END\r\nMN\r\n")
+    taken = stat(s, b"conn_yields") - yields
+    assert taken >= 20, taken
+    s.close()
+    return "%d turns given up" % taken
+
+
 def main():
     global SRV
     failed = 0
