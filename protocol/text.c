@@ -639,91 +639,116 @@ proto_text_stream_start(struct proto_text_stream *st, const char *buf,
 /* The rest of a line after a NUL or a refused key: nothing to run but,
  * after a NUL, the "END" when the line ends. */
 static proto_rc_e
-skip_rest(struct proto_text_stream *st, bool ended,
-          struct proto_text_req *rq)
-{
-    if (st->cut && ended) {
-        rq->cmd = st->cmd;
-    }
-    rq->partial = !ended;
-    if (ended) {
-        memset(st, 0, sizeof(*st));
-    }
-    return PROTO_OK;
-}
-
-proto_rc_e
-proto_text_decode_more(struct proto_text_stream *st, const char *buf,
-                       size_t len, struct proto_text_req *rq, size_t *used)
+skip_rest(struct proto_text_stream *st, const char *buf, size_t len,
+          struct proto_text_req *rq, size_t *used)
 {
     const char *nl = memchr(buf, '\n', len);
-    size_t n = nl != NULL ? (size_t)(nl - buf) : len;
-    const char *nul;
-    size_t pos = 0;
-    const char *key;
-    size_t keylen;
 
-    memset(rq, 0, sizeof(*rq));
-    *used = nl != NULL ? n + 1 : len;
-    if (len == 0) {
-        return PROTO_NEED_MORE;
-    }
-    if (st->cut || st->failed) {
-        return skip_rest(st, nl != NULL, rq);
-    }
-    /* The whole line is long: its '\r' goes, then a NUL ends it. */
-    if (nl != NULL && n > 0 && buf[n - 1] == '\r') {
-        n--;
-    }
-    nul = memchr(buf, '\0', n);
-    if (nul != NULL) {
-        n = (size_t)(nul - buf);
-        st->cut = nl == NULL;
-    } else if (nl == NULL) {
-        /* The last token may go on in the next read. */
-        const char *sp = memrchr(buf, ' ', len);
-
-        n = sp != NULL ? (size_t)(sp - buf) + 1 : 0;
-        /* A last '\r' may be the line's end, not the key's. */
-        if (len - n > PROTO_KEY_MAX + (buf[len - 1] == '\r' ? 1u : 0u)) {
-            goto too_long;
-        }
-        if (n == 0) {
-            *used = 0;
-            return PROTO_NEED_MORE;
-        }
-        *used = n;
-    }
-    rq->cmd = st->cmd;
-    rq->exptime = st->exptime;
-    rq->line = rq->args = buf;
-    rq->line_len = rq->args_len = n;
-    while (proto_text_next_key(rq, &pos, &key, &keylen)) {
-        if (keylen > PROTO_KEY_MAX) {
-            goto too_long;
-        }
-        if (rq->nkeys == 0) {
-            rq->key = key;
-            rq->keylen = keylen;
-        }
-        rq->nkeys++;
-    }
+    *used = nl != NULL ? (size_t)(nl - buf) + 1 : len;
+    rq->cmd = st->cut && nl != NULL ? st->cmd : PROTO_TEXT_NONE;
     rq->partial = nl == NULL;
     if (nl != NULL) {
         memset(st, 0, sizeof(*st));
     }
     return PROTO_OK;
+}
+
+/* The end of the token at buf[i]: its first ' ', '\n' or NUL, or len. */
+static size_t
+token_end(const char *buf, size_t len, size_t i)
+{
+    while (i < len && buf[i] != ' ' && buf[i] != '\n' && buf[i] != '\0') {
+        i++;
+    }
+    return i;
+}
+
+proto_rc_e
+proto_text_decode_more(struct proto_text_stream *st, const char *buf,
+                       size_t len, size_t max_keys,
+                       struct proto_text_req *rq, size_t *used)
+{
+    size_t i = 0;
+    size_t last = 0;
+
+    memset(rq, 0, sizeof(*rq));
+    *used = 0;
+    if (len == 0) {
+        return PROTO_NEED_MORE;
+    }
+    if (st->cut || st->failed) {
+        return skip_rest(st, buf, len, rq, used);
+    }
+    rq->cmd = st->cmd;
+    rq->exptime = st->exptime;
+    rq->partial = true;
+    /* Token by token, never further than the keys it returns: a long line
+     * runs a few hundred keys at a time, each piece costing only its own. */
+    for (;;) {
+        size_t end;
+        size_t keylen;
+
+        while (i < len && buf[i] == ' ') {
+            i++;
+        }
+        *used = i;
+        if (i == len || (max_keys != 0 && rq->nkeys == max_keys)) {
+            break;
+        }
+        if (buf[i] == '\n' || buf[i] == '\0') {
+            if (rq->nkeys > 0) {
+                break;      /* the end is the next call's */
+            }
+            /* The line ends, or a NUL ends it: skip to its '\n'. */
+            st->cut = buf[i] == '\0';
+            if (buf[i] == '\n') {
+                *used = i + 1;
+                rq->partial = false;
+                memset(st, 0, sizeof(*st));
+                return PROTO_OK;
+            }
+            (void)skip_rest(st, buf + i, len - i, rq, used);
+            *used += i;
+            return PROTO_OK;
+        }
+        end = token_end(buf, len, i);
+        keylen = end - i;
+        if (end < len && buf[end] == '\n' && buf[end - 1] == '\r') {
+            keylen--;       /* the line's "\r\n" */
+        }
+        if (keylen > PROTO_KEY_MAX +
+            (end == len && buf[end - 1] == '\r' ? 1u : 0u)) {
+            goto too_long;  /* even if a last '\r' is the line's */
+        }
+        if (end == len) {
+            break;          /* the key may go on in the next read */
+        }
+        if (keylen > 0) {
+            if (rq->nkeys == 0) {
+                rq->key = buf + i;
+                rq->keylen = keylen;
+            }
+            last = i + keylen;
+            rq->nkeys++;
+        }
+        i = end;
+    }
+    if (rq->nkeys == 0) {
+        return *used > 0 ? PROTO_OK : PROTO_NEED_MORE;
+    }
+    rq->line = rq->args = rq->key;
+    rq->line_len = rq->args_len = (size_t)(buf + last - rq->key);
+    return PROTO_OK;
 
 too_long:
     /* memcached refuses the whole line for it; what was already run of
-     * it cannot be taken back, the rest is skipped. */
-    rq->cmd = st->cmd;
+     * it cannot be taken back, and the rest is skipped. */
     rq->err = PROTO_TEXT_E_FORMAT;
-    *used = nl != NULL ? (size_t)(nl - buf) + 1 : len;
-    memset(st, 0, sizeof(*st));
-    if (nl == NULL) {
-        st->cmd = rq->cmd;
-        st->failed = true;
+    st->failed = true;
+    {
+        struct proto_text_req skip;
+
+        (void)skip_rest(st, buf, len, &skip, used);
     }
     return PROTO_EINVAL;
 }

@@ -162,19 +162,21 @@ bool proto_text_stream_start(struct proto_text_stream *st, const char *buf,
 
 /*
  * Decodes what follows in the line st has open from buf[0, len), reading
- * it as proto_text_decode reads a whole line (NUL, "\r\n", ' ' only):
- * PROTO_OK: rq is a st->cmd request for the complete keys in buf (perhaps
+ * it as proto_text_decode reads a whole line (NUL, "\r\n", ' ' only), and
+ * at most max_keys keys of it (0: no limit), reading no further:
+ * PROTO_OK: rq is a st->cmd request for complete keys in buf (perhaps
  *   none); rq->partial unless the line ended in buf, which closes st.
  *   *used = those bytes, the '\n' included when it ended. rq->cmd is
  *   PROTO_TEXT_NONE when there is nothing to run (bytes skipped).
  * PROTO_NEED_MORE: buf holds only the start of a key; *used = 0.
  * PROTO_EINVAL: a key longer than PROTO_KEY_MAX (rq->err E_FORMAT): reply
- *   with its text; none of buf's keys is to be run, and the rest of the
- *   line is skipped (st->failed until its '\n'). *used as for PROTO_OK.
+ *   with its text; none of this call's keys is to be run, and the rest of
+ *   the line is skipped (st->failed until its '\n'). *used as for OK.
  * Thread-safe; reads nothing outside buf[0, len).
  */
 proto_rc_e proto_text_decode_more(struct proto_text_stream *st,
                                   const char *buf, size_t len,
+                                  size_t max_keys,
                                   struct proto_text_req *rq, size_t *used);
 
 /*

@@ -298,7 +298,8 @@ conn_exec_text(struct conn *c, const char *buf, size_t len, size_t *need,
     proto_rc_e rc;
 
     if (c->stream.cmd != PROTO_TEXT_NONE) {
-        rc = proto_text_decode_more(&c->stream, buf, len, &rq, &used);
+        rc = proto_text_decode_more(&c->stream, buf, len, w->cx.keys_max,
+                                    &rq, &used);
     } else {
         rc = proto_text_decode(buf, len, w->srv->set.item_size_max, &rq,
                                &used);

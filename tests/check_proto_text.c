@@ -986,8 +986,8 @@ run_whole(const char *line, size_t len, struct run *r, size_t *used)
  * the line took.
  */
 static void
-run_streamed(const char *line, size_t len, size_t piece, struct run *r,
-             size_t *used)
+run_streamed(const char *line, size_t len, size_t piece, size_t max_keys,
+             struct run *r, size_t *used)
 {
     struct proto_text_stream st;
     struct proto_text_req rq;
@@ -1008,13 +1008,16 @@ run_streamed(const char *line, size_t len, size_t piece, struct run *r,
         for (;;) {
             size_t u = 0;
 
-            rc = proto_text_decode_more(&st, buf, have, &rq, &u);
+            rc = proto_text_decode_more(&st, buf, have, max_keys, &rq, &u);
             if (rc == PROTO_NEED_MORE) {
                 ck_assert_uint_eq(u, 0);
                 break;
             }
             ck_assert_uint_gt(u, 0);
             ck_assert_uint_le(u, have);
+            if (max_keys != 0) {
+                ck_assert_uint_le(rq.nkeys, max_keys);
+            }
             if (rc == PROTO_EINVAL) {
                 ck_assert_int_eq(rq.err, PROTO_TEXT_E_FORMAT);
                 run_add(r, "ERR", 3);
@@ -1041,6 +1044,7 @@ run_streamed(const char *line, size_t len, size_t piece, struct run *r,
 START_TEST(streamed_get_lines_read_as_whole_ones)
 {
     static const size_t pieces[] = { 1, 2, 3, 5, 64, 251, 252, 4096, 1 << 20 };
+    static const size_t limits[] = { 0, 1, 7, 256 };
     static const char *const tails[] = {
         "\r\n", "  \r\n", "\n", " \r\r\n", " a\0b c\r\n", "\0 x\r\n",
         " z \r \r\n", " " K250 "\r\n",
@@ -1064,7 +1068,8 @@ START_TEST(streamed_get_lines_read_as_whole_ones)
             size_t wused = 0, sused = 0;
 
             run_whole(line, n + 9, &whole, &wused);
-            run_streamed(line, n + 9, pieces[p], &streamed, &sused);
+            run_streamed(line, n + 9, pieces[p], limits[p % 4], &streamed,
+                         &sused);
             ck_assert_msg(streamed.len == whole.len &&
                           memcmp(streamed.p, whole.p, whole.len) == 0,
                           "tail %zu piece %zu: %zu bytes of keys, want %zu",
@@ -1100,7 +1105,7 @@ START_TEST(streamed_get_line_with_a_long_key)
             size_t used = 0;
             const char *err;
 
-            run_streamed(line, n, pieces[p], &r, &used);
+            run_streamed(line, n, pieces[p], p, &r, &used);
             ck_assert_uint_eq(used, n);
             err = strstr(r.p, "ERR");
             ck_assert_msg(err != NULL && err[3] == '\0',
