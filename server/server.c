@@ -285,9 +285,13 @@ on_accept(struct ev_loop *loop, ev_io *io, int revents)
     }
 }
 
+/* Stops accepting and ends the main loop; why is for -v. */
 static void
-stop_serving(struct server *s)
+stop_serving(struct server *s, const char *why)
 {
+    if (s->cfg->verbose > 0) {
+        fprintf(stderr, "stashd: %s, shutting down\n", why);
+    }
     ev_io_stop(s->loop, &s->accept_io);
     ev_timer_stop(s->loop, &s->accept_retry);
     atomic_store(&s->accepting, false);
@@ -297,27 +301,20 @@ stop_serving(struct server *s)
 static void
 on_signal(struct ev_loop *loop, ev_signal *sig, int revents)
 {
-    struct server *s = sig->data;
+    char why[32];
 
     (void)loop;
     (void)revents;
-    if (s->cfg->verbose > 0) {
-        fprintf(stderr, "stashd: signal %d, shutting down\n", sig->signum);
-    }
-    stop_serving(s);
+    snprintf(why, sizeof(why), "signal %d", sig->signum);
+    stop_serving(sig->data, why);
 }
 
 static void
 on_stop_request(struct ev_loop *loop, ev_async *a, int revents)
 {
-    struct server *s = a->data;
-
     (void)loop;
     (void)revents;
-    if (s->cfg->verbose > 0) {
-        fprintf(stderr, "stashd: shutdown command, shutting down\n");
-    }
-    stop_serving(s);
+    stop_serving(a->data, "shutdown command");
 }
 
 void

@@ -1,9 +1,13 @@
 /*
  * Worker threads and their connections. Each worker owns a libev loop and
  * every connection handed to it; nothing on the request path takes a lock
- * shared with another thread. A read event does one read(), runs every
- * complete request in it through the handler, and sends all the replies
- * with one writev (pipelining without a syscall per reply).
+ * shared with another thread. A read event does one read(), runs the
+ * complete requests in it through the handler (up to a turn's worth, the
+ * rest after the other connections' turns), and sends all the replies
+ * with one writev (pipelining without a syscall per reply). No connection
+ * holds more than a bounded amount of memory: past the high-water mark
+ * nothing more of its requests runs, a multi-get included, until its
+ * client reads.
  */
 #include "server/internal.h"
 

@@ -18,21 +18,16 @@ one of its own:
 CPU time is stashd's utime + stime from /proc/PID/stat. Only 127.0.0.1 is
 used; every process is stopped by pid. Prints "N passed, M failed".
 """
-import atexit
 import os
 import resource
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
-BIN = os.environ.get("STASHD_BIN", "./build/stashd")
+import lib
+
 TOO_MANY = b"ERROR Too many open connections\r\n"
-TICK = os.sysconf("SC_CLK_TCK")
 CHECKS = []
 
 
@@ -41,73 +36,18 @@ def check(fn):
     return fn
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def limit(soft, hard):
+    """For preexec_fn: RLIMIT_NOFILE (soft, hard) in the child only, as
+    `ulimit -n` would set it."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def backend_args():
-    backend = os.environ.get("STASHD_BACKEND", "memory")
-    if backend == "memory":
-        return ["--backend", "memory"]
-    path = tempfile.mkdtemp(prefix="stashd-fd-")
-    atexit.register(shutil.rmtree, path, True)
-    return ["--backend", backend, "--data-dir", path]
-
-
-class Server:
-    """stashd on a free port with RLIMIT_NOFILE (soft, hard) set in the
-    child only."""
-
-    def __init__(self, soft, hard, args):
-        def limit():
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [BIN, "-p", str(self.port), "-l", "127.0.0.1"] + args +
-            backend_args(), stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, preexec_fn=limit)
-
-    def wait_listening(self):
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("stashd exited %d: %s" % (
-                    self.proc.returncode, self.proc.stderr.read()))
-            try:
-                socket.create_connection(("127.0.0.1", self.port),
-                                         0.5).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise AssertionError("stashd did not start")
-
-    def cpu(self):
-        """utime + stime in seconds."""
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("stashd ignored SIGTERM")
-        self.proc.stderr.close()
+def cpu_s(srv):
+    return srv.cpu_ticks() / lib.TICK
 
 
 def connect(port):
-    s = socket.create_connection(("127.0.0.1", port), 5)
-    s.settimeout(5)
-    return s
+    return lib.connect(port, timeout=5)
 
 
 def ask(s, req=b"version\r\n", timeout=5):
@@ -144,32 +84,33 @@ def can_raise_hard_limit():
 
 @check
 def hard_limit_below_c():
-    srv = Server(256, 256, ["-c", "1024"])
+    proc, port = lib.spawn(["-c", "1024"], limit(256, 256))
     try:
         if can_raise_hard_limit():
-            srv.wait_listening()
-            with open("/proc/%d/limits" % srv.proc.pid) as f:
+            assert lib.listening(proc, port), "did not start"
+            with open("/proc/%d/limits" % proc.pid) as f:
                 line = [x for x in f if x.startswith("Max open files")][0]
             assert int(line.split()[3]) >= 1024, line
-            return
+            return "raised, as root may"
         try:
-            rc = srv.proc.wait(5)
+            rc = proc.wait(5)
         except subprocess.TimeoutExpired:
             raise AssertionError("started with -c 1024 under a hard limit "
                                  "of 256")
-        err = srv.proc.stderr.read().decode()
+        err = proc.stderr.read().decode()
         assert rc != 0, rc
         assert "-c 1024" in err and "256" in err, err
+        return "refused: " + err.strip()
     finally:
-        srv.stop()
+        lib.stop_server(proc)
+        proc.stderr.close()
 
 
 @check
 def soft_limit_raised_to_fit_c():
-    srv = Server(64, 4096, ["-c", "150"])
+    srv = lib.Server(["-c", "150"], limit(64, 4096))
     conns = []
     try:
-        srv.wait_listening()
         for i in range(150):
             conns.append(connect(srv.port))
             r = ask(conns[-1])
@@ -185,12 +126,11 @@ def soft_limit_raised_to_fit_c():
 
 @check
 def clients_over_the_limit_are_told_and_cost_nothing():
-    srv = Server(256, 256, ["-c", "256"])
+    srv = lib.Server(["-c", "256"], limit(256, 256))
     conns = []
     served = refused = 0
     try:
-        srv.wait_listening()
-        cpu0 = srv.cpu()
+        cpu0 = cpu_s(srv)
         for i in range(320):
             s = connect(srv.port)
             r = ask(s)
@@ -206,7 +146,7 @@ def clients_over_the_limit_are_told_and_cost_nothing():
         assert 150 <= served < 256, served
         assert refused == 320 - served
         time.sleep(1)
-        cpu = srv.cpu() - cpu0
+        cpu = cpu_s(srv) - cpu0
         assert cpu < 0.5, "%.2f s of CPU for %d clients" % (cpu, 320)
         # A slot given back is a slot to take.
         conns.pop().close()
@@ -237,11 +177,10 @@ def stat(s, name):
 
 @check
 def accept_failing_pauses_instead_of_spinning():
-    srv = Server(1024, 1024, ["-c", "500", "-t", "2"])
+    srv = lib.Server(["-c", "500", "-t", "2"], limit(1024, 1024))
     conns = []
     waiting = []
     try:
-        srv.wait_listening()
         conns.append(connect(srv.port))
         assert ask(conns[0]).startswith(b"VERSION ")
         used = len(os.listdir("/proc/%d/fd" % srv.proc.pid))
@@ -251,13 +190,13 @@ def accept_failing_pauses_instead_of_spinning():
         for _ in range(10):
             conns.append(connect(srv.port))
             assert ask(conns[-1]).startswith(b"VERSION ")
-        cpu0 = srv.cpu()
+        cpu0 = cpu_s(srv)
         for _ in range(20):
             s = connect(srv.port)   # queued by the kernel, not accepted
             s.sendall(b"version\r\n")
             waiting.append(s)
         time.sleep(1.5)
-        cpu = srv.cpu() - cpu0
+        cpu = cpu_s(srv) - cpu0
         assert cpu < 0.3, "%.2f s of CPU in 1.5 s while out of fds" % cpu
         assert stat(conns[0], "listen_disabled_num") > 0
         # Served in order once descriptors come back.
@@ -274,17 +213,7 @@ def accept_failing_pauses_instead_of_spinning():
 
 
 def main():
-    failed = 0
-    for fn in CHECKS:
-        try:
-            note = fn()
-            print("ok: " + fn.__name__ + (" (%s)" % note if note else ""))
-        except Exception:
-            failed += 1
-            print("FAIL: " + fn.__name__)
-            traceback.print_exc()
-    print("%d passed, %d failed" % (len(CHECKS) - failed, failed))
-    return 1 if failed else 0
+    return lib.run(CHECKS)
 
 
 if __name__ == "__main__":

@@ -20,18 +20,11 @@ Under AddressSanitizer (its redzones and quarantine are memory too) the
 replies are checked and the figures printed, but not held to the bounds.
 Prints "N passed, M failed"; stops the server by pid.
 """
-import atexit
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
-BIN = os.environ.get("STASHD_BIN", "./build/stashd")
+import lib
+
 MB = 1024 * 1024
 MARK = MB                       # the back-pressure mark, README
 ITEM_MAX = MB                   # -I, default
@@ -44,98 +37,15 @@ def check(fn):
     return fn
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def backend_args():
-    backend = os.environ.get("STASHD_BACKEND", "memory")
-    if backend == "memory":
-        return ["--backend", "memory"]
-    path = tempfile.mkdtemp(prefix="stashd-mem-")
-    atexit.register(shutil.rmtree, path, True)
-    return ["--backend", backend, "--data-dir", path]
-
-
-class Server:
-    def __init__(self):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [BIN, "-p", str(self.port), "-l", "127.0.0.1", "-t", "2"] +
-            backend_args(), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while True:
-            assert self.proc.poll() is None, "stashd exited"
-            try:
-                socket.create_connection(("127.0.0.1", self.port),
-                                         0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "stashd did not start"
-                time.sleep(0.02)
-        with open("/proc/%d/maps" % self.proc.pid) as f:
-            self.asan = "libasan" in f.read()
-
-    def bounded(self, ok, msg):
-        """Asserts a memory bound, except under AddressSanitizer."""
-        assert ok or self.asan, msg
-
-    def cpu_ticks(self):
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-
-    def kb(self, field):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        raise AssertionError("no " + field)
-
-    def reset_peak(self):
-        """VmRSS now; VmHWM starts again from it when the kernel lets us."""
-        try:
-            with open("/proc/%d/clear_refs" % self.proc.pid, "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-        return self.kb("VmRSS")
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("stashd ignored SIGTERM")
-        assert rc == 0, rc
-
-
 def connect(rcvbuf=0):
-    s = socket.socket()
-    if rcvbuf:
-        # Set before connecting, so the window never grows: the kernel
-        # buffers as little as it can for a client that does not read.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(10)
-    s.connect(("127.0.0.1", SRV.port))
-    return s
+    return lib.connect(SRV.port, rcvbuf=rcvbuf)
 
 
-def recv_until(s, end, limit=200 * MB):
-    buf = bytearray()
-    while not buf.endswith(end):
-        chunk = s.recv(4 * MB)
-        assert chunk, "closed after %d bytes" % len(buf)
-        buf += chunk
-        assert len(buf) < limit
-    return bytes(buf)
+recv_until = lib.recv_until
+
+
+def asan_note():
+    return ", ASan: bounds not held" if SRV.asan else ""
 
 
 def store(s, key, value):
@@ -166,8 +76,8 @@ def multiget_of_one_big_value_stays_within_one_connections_bound():
     peak = SRV.kb("VmHWM") - rss0
     SRV.bounded(peak < bound, "peak +%d kB, bound %d" % (peak, bound))
     s.close()
-    return "peak +%d kB unread, +%d kB read back, bound %d kB" % (
-        unread, peak, bound)
+    return "peak +%d kB unread, +%d kB read back, bound %d kB%s" % (
+        unread, peak, bound, asan_note())
 
 
 def settle(limit_s=10):
@@ -217,32 +127,14 @@ def clients_that_never_read_cost_a_bounded_amount_and_give_it_back():
     SRV.bounded(left < 4 * 1024,
                 "RSS still +%d kB 5 s after the clients left" % left)
     s.close()
-    return "peak +%d kB (bound %d kB), +%d kB once they left" % (
-        peak, bound, left)
+    return "peak +%d kB (bound %d kB), +%d kB once they left%s" % (
+        peak, bound, left, asan_note())
 
 
 def main():
     global SRV
-    failed = 0
-    SRV = Server()
-    try:
-        for fn in CHECKS:
-            try:
-                note = fn()
-                print("ok: %s (%s%s)" % (fn.__name__, note, ", ASan: bounds"
-                                         " not held" if SRV.asan else ""))
-            except Exception:
-                failed += 1
-                print("FAIL: " + fn.__name__)
-                traceback.print_exc()
-    finally:
-        try:
-            SRV.stop()
-        except AssertionError:
-            failed += 1
-            traceback.print_exc()
-    print("%d passed, %d failed" % (len(CHECKS) - failed, failed))
-    return 1 if failed else 0
+    SRV = lib.Server(["-t", "2"])
+    return lib.run(CHECKS, SRV)
 
 
 if __name__ == "__main__":

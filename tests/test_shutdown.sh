@@ -8,43 +8,6 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-# Sends $1 (printf escapes) and prints every byte until the server closes,
-# the reply ends with $2 (if given), or it stays silent for a second.
-exchange() {
-    /usr/bin/python3 - "$PORT" "$1" "${2:-}" <<'PY'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), 5)
-s.sendall(sys.argv[2].encode().decode("unicode_escape").encode("latin-1"))
-until = sys.argv[3].encode().decode("unicode_escape").encode("latin-1")
-s.settimeout(1)
-buf = b""
-try:
-    while not (until and buf.endswith(until)):
-        chunk = s.recv(65536)
-        if not chunk:
-            buf += b"<closed>"
-            break
-        buf += chunk
-except socket.timeout:
-    pass
-sys.stdout.write(buf.decode("latin-1"))
-PY
-}
-
-# Waits up to 10 s for $PID to exit; its status must be 0.
-wait_exit() {
-    local rc=0
-
-    for _ in $(seq 1 400); do
-        kill -0 "$PID" 2>/dev/null || break
-        sleep 0.025
-    done
-    kill -0 "$PID" 2>/dev/null && fail "$1: still running 10 s later"
-    wait "$PID" || rc=$?
-    PID=
-    [ "$rc" = 0 ] || fail "$1: exit status $rc"
-}
-
 start_stashd
 for cmd in 'shutdown' 'shutdown graceful' 'shutdown foo' 'shutdown noreply'; do
     out=$(exchange "$cmd\r\nversion\r\n" "-stashd-0.1.0\r\n")
@@ -85,7 +48,7 @@ for mode in '' ' graceful'; do
     done
     want+=$'VALUE key7 0 1\r\n7\r\nEND\r\n<closed>'
     [ "$out" = "$want" ] || fail "-A, shutdown$mode: ${out: -80}"
-    wait_exit "shutdown$mode"
+    wait_stashd_exit "after shutdown$mode"
     ok "-A, shutdown$mode: earlier replies sent, connection closed, exit 0"
     if [ "${STASHD_BACKEND:-memory}" != memory ]; then
         start_stashd
