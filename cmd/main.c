@@ -102,6 +102,7 @@ main(int argc, char **argv)
     cfg.threads = (uint32_t)o.threads.u;
     cfg.verbose = (int)o.verbose.u;
     cfg.pidfile = o.pidfile.s;
+    cfg.shutdown = o.shutdown.u != 0;
     cfg.store.mem_limit = o.memory.u * 1024 * 1024;
     cfg.store.item_max = (uint32_t)o.itemmax.u;
     cfg.store.chunk_min = (uint32_t)o.chunkmin.u;

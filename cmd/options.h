@@ -43,6 +43,8 @@ typedef enum opt_type {
       "slab chunk size growth factor (> 1)") \
     X(chunkmin,      'n', "slab-min-size", OPT_UINT,   "48",      1, 1048576, \
       "minimum space for key, value and flags in a chunk") \
+    X(shutdown,      'A', "enable-shutdown", OPT_FLAG, NULL,      0, 0, \
+      "enable the text protocol's shutdown command") \
     X(verbose,       'v', "verbose",       OPT_COUNT,  NULL,      0, 0, \
       "verbose: -v errors and warnings, -vv also every request") \
     X(daemon,        'd', "daemon",        OPT_FLAG,   NULL,      0, 0, \

@@ -54,6 +54,9 @@ struct hconn_stats {
     uint64_t total_connections;
     uint64_t rejected_connections;
     uint64_t connection_structures;
+    uint64_t reserved_fds;              /* descriptors not for clients */
+    uint64_t listen_disabled_num;       /* accept pauses, out of fds */
+    uint64_t time_in_listen_disabled_us;
     bool     accepting;
 };
 
@@ -70,6 +73,7 @@ struct hsettings {
     uint32_t    num_threads;
     uint32_t    item_size_max;
     bool        evictions;
+    bool        shutdown;      /* -A: the shutdown command may stop us */
     uint32_t    started;       /* unix time the process started */
     long        pid;
     _Atomic int verbosity;     /* rw: the verbosity command sets it */
@@ -104,12 +108,25 @@ struct hctx {
     uint32_t                now;   /* current unix time */
     struct store_wait      *wait;  /* the connection's, or NULL to block */
     unsigned                pending; /* out: writes still to be made durable */
+    size_t                  out_max; /* ro: a multi-key get stops once more
+                                      * than this is queued; 0: never */
+    size_t                  keys_max; /* ro: ... or once it ran this many
+                                       * keys; 0: never */
+    size_t                  keys_run; /* out: keys the last get ran */
+    const char             *resume;  /* out, HANDLER_SUSPEND: where the keys
+                                      * not run yet begin */
 };
 
 typedef enum handler_act {
     HANDLER_CONTINUE = 0,
     HANDLER_CLOSE_AFTER_WRITE,  /* send what is queued, then close */
-    HANDLER_CLOSE               /* close without sending more */
+    HANDLER_CLOSE,              /* close without sending more */
+    HANDLER_SHUTDOWN,           /* as CLOSE_AFTER_WRITE, then stop the
+                                 * server as SIGTERM does */
+    HANDLER_SUSPEND             /* a get stopped at cx->out_max or
+                                 * cx->keys_max: run the keys from
+                                 * cx->resume on as the rest of its line,
+                                 * later (once the queue has drained) */
 } handler_act_e;
 
 /* Converts a protocol TTL to the absolute time storage keeps. */

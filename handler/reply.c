@@ -1,7 +1,10 @@
 /*
  * Reply queue. Blocks are bump-allocated and only ever appended to, so a
- * segment's pointer stays put however much is queued after it; when the
- * whole queue is written everything is recycled at once.
+ * segment's pointer stays put however much is queued after it. A block
+ * counts the unsent segments that point into it and is freed once they are
+ * all sent, unless it is the one being appended to; when the whole queue is
+ * written everything goes at once, but one standard block is kept spare so
+ * that a connection draining between batches allocates nothing.
  */
 #include "handler/reply.h"
 
@@ -9,22 +12,53 @@
 #include <string.h>
 
 #define BLOCK_SIZE (16 * 1024)
+/* Sent segments at the front of the table are dropped once there are this
+ * many and they are half of it: an amortized memmove instead of a table
+ * that grows for as long as the queue never empties. */
+#define SEG_COMPACT 64
 
 struct reply_block {
+    struct reply_block *prev;
     struct reply_block *next;
     size_t              cap;
     size_t              used;
+    size_t              refs;   /* unsent segments pointing into data */
     char                data[];
 };
 
-static void *
-sink_reserve(struct store_sink *sk, size_t len)
+static void
+block_unlink(struct reply *r, struct reply_block *b)
 {
-    struct reply *r = (struct reply *)sk;
+    if (b->prev != NULL) {
+        b->prev->next = b->next;
+    } else {
+        r->head = b->next;
+    }
+    if (b->next != NULL) {
+        b->next->prev = b->prev;
+    } else {
+        r->tail = b->prev;
+    }
+}
+
+/* Frees b, or keeps it as the spare. */
+static void
+block_drop(struct reply *r, struct reply_block *b)
+{
+    if (r->spare == NULL && b->cap == BLOCK_SIZE) {
+        r->spare = b;
+        return;
+    }
+    r->held -= sizeof(*b) + b->cap;
+    free(b);
+}
+
+/* len bytes at the end of the queue's memory, in no segment yet. */
+static char *
+block_reserve(struct reply *r, size_t len)
+{
     struct reply_block *b = r->tail;
 
-    /* Copying backends put values here: bytes that belong to no segment
-     * until reply_item queues them. */
     if (b == NULL || b->cap - b->used < len) {
         size_t cap = len > BLOCK_SIZE ? len : BLOCK_SIZE;
 
@@ -38,9 +72,12 @@ sink_reserve(struct store_sink *sk, size_t len)
                 return NULL;
             }
             b->cap = cap;
+            r->held += sizeof(*b) + cap;
         }
         b->used = 0;
+        b->refs = 0;
         b->next = NULL;
+        b->prev = r->tail;
         if (r->tail != NULL) {
             r->tail->next = b;
         } else {
@@ -52,65 +89,95 @@ sink_reserve(struct store_sink *sk, size_t len)
     return b->data + b->used - len;
 }
 
+/*
+ * Where a copying backend puts a value it returns. Big ones go in the
+ * blocks, where reply_item queues them as they lie, so a block is never
+ * freed between this and that reply_item (only reply_sent frees).
+ */
+static void *
+sink_reserve(struct store_sink *sk, size_t len)
+{
+    struct reply *r = (struct reply *)sk;
+
+    if (len <= REPLY_COPY_MAX && r->scratch != NULL) {
+        return r->scratch;
+    }
+    return block_reserve(r, len);
+}
+
 void
 reply_init(struct reply *r, const struct store_ops *ops,
-           struct store_thr *thr)
+           struct store_thr *thr, char *scratch)
 {
     memset(r, 0, sizeof(*r));
     r->sink.reserve = sink_reserve;
     r->ops = ops;
     r->thr = thr;
+    r->scratch = scratch;
+}
+
+/* The block p was reserved from; NULL when it is none of ours. */
+static struct reply_block *
+block_of(const struct reply *r, const char *p)
+{
+    /* Almost always the tail or the one before it. */
+    for (struct reply_block *b = r->tail; b != NULL; b = b->prev) {
+        if (p >= b->data && p < b->data + b->used) {
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* A segment fully sent (or dropped): its pin and its block's count go. */
+static void
+seg_done(struct reply *r, struct reply_seg *s)
+{
+    if (s->it.pin != NULL) {
+        r->ops->release(r->thr, &s->it);
+        s->it.pin = NULL;
+    }
+    if (s->blk != NULL && --s->blk->refs == 0 && s->blk != r->tail) {
+        block_unlink(r, s->blk);
+        block_drop(r, s->blk);
+    }
+    s->blk = NULL;
 }
 
 static void
-release_from(struct reply *r, size_t from, size_t to)
+free_blocks(struct reply *r)
 {
-    for (size_t i = from; i < to; i++) {
-        if (r->seg[i].it.pin != NULL) {
-            r->ops->release(r->thr, &r->seg[i].it);
-            r->seg[i].it.pin = NULL;
-        }
+    while (r->head != NULL) {
+        struct reply_block *b = r->head;
+
+        block_unlink(r, b);
+        block_drop(r, b);
     }
-}
-
-static void
-free_blocks(struct reply *r, bool keep_one)
-{
-    struct reply_block *b = r->head;
-
-    while (b != NULL) {
-        struct reply_block *next = b->next;
-
-        if (keep_one && r->spare == NULL && b->cap == BLOCK_SIZE) {
-            r->spare = b;
-        } else {
-            free(b);
-        }
-        b = next;
-    }
-    r->head = NULL;
-    r->tail = NULL;
 }
 
 void
 reply_deinit(struct reply *r)
 {
-    release_from(r, r->first, r->nseg);
-    free_blocks(r, false);
+    for (size_t i = r->first; i < r->nseg; i++) {
+        seg_done(r, &r->seg[i]);
+    }
+    free_blocks(r);
     free(r->spare);
     free(r->seg);
     r->spare = NULL;
     r->seg = NULL;
-    r->nseg = r->segcap = r->first = r->off = r->queued = 0;
+    r->nseg = r->segcap = r->first = r->off = r->queued = r->held = 0;
 }
 
 static struct reply_seg *
-new_seg(struct reply *r)
+new_seg(struct reply *r, struct reply_block *blk)
 {
+    struct reply_seg *s;
+
     if (r->nseg == r->segcap) {
         size_t cap = r->segcap ? r->segcap * 2 : 64;
-        struct reply_seg *s = realloc(r->seg, cap * sizeof(*s));
 
+        s = realloc(r->seg, cap * sizeof(*s));
         if (s == NULL) {
             r->oom = true;
             return NULL;
@@ -118,14 +185,19 @@ new_seg(struct reply *r)
         r->seg = s;
         r->segcap = cap;
     }
-    memset(&r->seg[r->nseg], 0, sizeof(r->seg[0]));
-    return &r->seg[r->nseg++];
+    s = &r->seg[r->nseg++];
+    memset(s, 0, sizeof(*s));
+    s->blk = blk;
+    if (blk != NULL) {
+        blk->refs++;
+    }
+    return s;
 }
 
 char *
 reply_reserve(struct reply *r, size_t n)
 {
-    char *p = sink_reserve(&r->sink, n);
+    char *p = block_reserve(r, n);
     struct reply_seg *last;
 
     if (p == NULL) {
@@ -138,7 +210,7 @@ reply_reserve(struct reply *r, size_t n)
         last->len += n;
         return p;
     }
-    last = new_seg(r);
+    last = new_seg(r, r->tail);
     if (last == NULL) {
         r->queued -= n;
         r->total -= n;
@@ -159,6 +231,7 @@ reply_trim(struct reply *r, size_t n)
     r->queued -= n;
     r->total -= n;
     if (last->len == 0) {
+        r->tail->refs--;
         r->nseg--;
     }
 }
@@ -187,26 +260,30 @@ void
 reply_item(struct reply *r, struct store_item *it)
 {
     struct reply_seg *s;
+    bool scratch = r->scratch != NULL && (uintptr_t)it->data -
+                   (uintptr_t)r->scratch < REPLY_COPY_MAX;
 
-    if (it->len <= REPLY_COPY_MAX || it->pin == NULL) {
-        /* Small values are cheaper to copy than to pin and gather; an item
-         * without a pin already lives in our blocks (sink). */
-        if (it->pin == NULL) {
-            s = it->len > 0 ? new_seg(r) : NULL;
-            if (s != NULL) {
-                s->ptr = it->data;
-                s->len = it->len;
-                r->queued += it->len;
-                r->total += it->len;
-            }
-        } else {
-            reply_append(r, it->data, it->len);
+    if (it->pin == NULL && !scratch) {
+        /* Copied by the backend into our blocks: queued where it lies. */
+        s = it->len > 0 ? new_seg(r, block_of(r, it->data)) : NULL;
+        if (s != NULL) {
+            s->ptr = it->data;
+            s->len = it->len;
+            r->queued += it->len;
+            r->total += it->len;
+        }
+        return;
+    }
+    if (it->len <= REPLY_COPY_MAX) {
+        /* Small values are cheaper to copy than to pin and gather. */
+        reply_append(r, it->data, it->len);
+        if (it->pin != NULL) {
             r->ops->release(r->thr, it);
         }
         it->pin = NULL;
         return;
     }
-    s = new_seg(r);
+    s = new_seg(r, NULL);
     if (s == NULL) {
         r->ops->release(r->thr, it);
         it->pin = NULL;
@@ -239,7 +316,7 @@ reply_truncate(struct reply *r, uint64_t at)
                 s->len = sent;
                 break;
             }
-            release_from(r, r->nseg - 1, r->nseg);
+            seg_done(r, s);
             r->nseg--;
             continue;
         }
@@ -275,16 +352,39 @@ reply_sent(struct reply *r, size_t n)
 
         if (n < left) {
             r->off += n;
-            return;
+            break;
         }
         n -= left;
-        release_from(r, r->first, r->first + 1);
+        seg_done(r, s);
         r->first++;
         r->off = 0;
     }
     if (r->queued == 0) {
-        release_from(r, r->first, r->nseg);
+        for (size_t i = r->first; i < r->nseg; i++) {
+            seg_done(r, &r->seg[i]);
+        }
         r->first = r->nseg = r->off = 0;
-        free_blocks(r, true);
+        free_blocks(r);
+        return;
     }
+    /* A block whose segments went out while it was the tail is freed once
+     * a newer one took over and it reaches the front. */
+    while (r->head != r->tail && r->head->refs == 0) {
+        struct reply_block *b = r->head;
+
+        block_unlink(r, b);
+        block_drop(r, b);
+    }
+    if (r->first >= SEG_COMPACT && 2 * r->first >= r->nseg) {
+        memmove(r->seg, r->seg + r->first,
+                (r->nseg - r->first) * sizeof(r->seg[0]));
+        r->nseg -= r->first;
+        r->first = 0;
+    }
+}
+
+size_t
+reply_held(const struct reply *r)
+{
+    return r->held + r->segcap * sizeof(r->seg[0]);
 }

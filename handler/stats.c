@@ -117,7 +117,7 @@ general(struct hctx *cx, struct line *l)
     u64(l, "read_buf_bytes", 0);
     u64(l, "read_buf_bytes_free", 0);
     u64(l, "read_buf_oom", 0);
-    u64(l, "reserved_fds", 0);
+    u64(l, "reserved_fds", c.reserved_fds);
     u64(l, "cmd_get", s.cmd_get);
     u64(l, "cmd_set", s.cmd_set);
     u64(l, "cmd_flush", s.cmd_flush);
@@ -146,8 +146,8 @@ general(struct hctx *cx, struct line *l)
     u64(l, "bytes_written", s.bytes_written);
     u64(l, "limit_maxbytes", cx->set->maxbytes);
     u64(l, "accepting_conns", c.accepting ? 1 : 0);
-    u64(l, "listen_disabled_num", 0);
-    u64(l, "time_in_listen_disabled_us", 0);
+    u64(l, "listen_disabled_num", c.listen_disabled_num);
+    u64(l, "time_in_listen_disabled_us", c.time_in_listen_disabled_us);
     u64(l, "threads", cx->set->num_threads);
     u64(l, "conn_yields", s.conn_yields);
     u64(l, "hash_power_level", 0);
@@ -195,7 +195,7 @@ settings(struct hctx *cx, struct line *l)
     str(l, "domain_socket", s->domain_socket != NULL ? s->domain_socket
                                                      : "NULL");
     str(l, "umask", "700");
-    str(l, "shutdown_command", "no");
+    str(l, "shutdown_command", s->shutdown ? "yes" : "no");
     snprintf(buf, sizeof(buf), "%.2f", s->growth_factor);
     str(l, "growth_factor", buf);
     u64(l, "chunk_size", s->chunk_size);

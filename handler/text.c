@@ -103,11 +103,17 @@ value(struct hctx *cx, const char *key, size_t keylen, struct store_item *it,
 }
 
 /*
- * get, gets, gat, gats: the first nkeys keys (all of them when whole).
- * STORE_OK, or the store failure that stopped it.
+ * get, gets, gat, gats. Past cx->out_max queued bytes the rest of the keys
+ * wait for the client to read, and past cx->keys_max keys for the other
+ * clients' turn (false, cx->resume set): a copying backend copies every
+ * value it returns, so a line naming one big value many times would cost a
+ * copy per key at once, and a line of a million keys would hold up every
+ * other connection of the thread while it runs. At least one key runs per
+ * call, so the line always progresses. A failure of the store (it could
+ * not read, or for gat write, a key) stops the line: *rc says which.
  */
-static store_rc_e
-get_keys(struct hctx *cx, const struct proto_text_req *rq, uint32_t nkeys)
+static bool
+get_keys(struct hctx *cx, const struct proto_text_req *rq, store_rc_e *rc)
 {
     bool with_cas = rq->cmd == PROTO_TEXT_GETS || rq->cmd == PROTO_TEXT_GATS;
     bool touch = rq->cmd == PROTO_TEXT_GAT || rq->cmd == PROTO_TEXT_GATS;
@@ -116,30 +122,44 @@ get_keys(struct hctx *cx, const struct proto_text_req *rq, uint32_t nkeys)
     const char *key;
     size_t keylen;
 
-    for (uint32_t i = 0; i < nkeys &&
-         proto_text_next_key(rq, &pos, &key, &keylen); i++) {
+    cx->keys_run = 0;
+    while (proto_text_next_key(rq, &pos, &key, &keylen)) {
         struct store_item it;
-        store_rc_e rc = hcore_get(cx, key, keylen, touch ? &exp : NULL, &it);
 
-        if (rc == STORE_OK) {
+        if (cx->keys_run > 0 &&
+            ((cx->out_max != 0 && reply_backlog(cx->out) > cx->out_max) ||
+             (cx->keys_max != 0 && cx->keys_run >= cx->keys_max))) {
+            cx->resume = key;
+            return false;
+        }
+        cx->keys_run++;
+        *rc = hcore_get(cx, key, keylen, touch ? &exp : NULL, &it);
+        if (*rc == STORE_OK) {
             value(cx, key, keylen, &it, with_cas);
-        } else if (store_failed(rc) || (touch && rc != STORE_ENOENT)) {
-            /* The store could not read (or, for gat, write) this key: an
-             * error ends the reply, never a silent miss. */
-            return rc;
+        } else if (store_failed(*rc) || (touch && *rc != STORE_ENOENT)) {
+            /* An error ends the reply, never a silent miss. */
+            return true;
         }
     }
-    return STORE_OK;
+    *rc = STORE_OK;
+    return true;
 }
 
 static handler_act_e
 text_get(struct hctx *cx, const struct proto_text_req *rq)
 {
-    store_rc_e rc = get_keys(cx, rq, rq->nkeys);
+    store_rc_e rc = STORE_OK;
 
+    if (!get_keys(cx, rq, &rc)) {
+        return HANDLER_SUSPEND;
+    }
     if (rc != STORE_OK) {
         server_error(cx, rc);
-    } else {
+        /* The rest of a line still arriving would be answered after the
+         * error: end the connection instead. */
+        return rq->partial ? HANDLER_CLOSE_AFTER_WRITE : HANDLER_CONTINUE;
+    }
+    if (!rq->partial) {
         line(cx, "END");
     }
     return HANDLER_CONTINUE;
@@ -316,6 +336,34 @@ text_quit(struct hctx *cx, const struct proto_text_req *rq)
     return HANDLER_CLOSE_AFTER_WRITE;
 }
 
+/*
+ * shutdown [graceful], with -A. Both modes take the SIGTERM path, which
+ * already finishes what was read and closes the store cleanly: memcached's
+ * graceful mode differs only for its restartable memory file (-e).
+ */
+static handler_act_e
+text_shutdown(struct hctx *cx, const struct proto_text_req *rq)
+{
+    size_t pos = 0;
+    const char *mode = NULL;
+    size_t len = 0;
+    size_t nargs = 0;
+
+    if (!cx->set->shutdown) {
+        line(cx, proto_text_reply_text(PROTO_TEXT_R_SHUTDOWN_OFF));
+        return HANDLER_CONTINUE;
+    }
+    while (nargs < 2 && proto_text_next_key(rq, &pos, &mode, &len)) {
+        nargs++;
+    }
+    if (nargs == 0 ||
+        (nargs == 1 && len == 8 && memcmp(mode, "graceful", 8) == 0)) {
+        return HANDLER_SHUTDOWN;
+    }
+    line(cx, proto_text_reply_text(PROTO_TEXT_R_SHUTDOWN_MODE));
+    return HANDLER_CONTINUE;
+}
+
 static handler_act_e
 text_mn(struct hctx *cx, const struct proto_text_req *rq)
 {
@@ -425,6 +473,7 @@ static const text_fn by_cmd[] = {
     [PROTO_TEXT_QUIT] = text_quit,
     [PROTO_TEXT_STATS] = text_stats,
     [PROTO_TEXT_MN] = text_mn,
+    [PROTO_TEXT_SHUTDOWN] = text_shutdown,
     [PROTO_TEXT_META] = text_meta,
 };
 

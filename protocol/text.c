@@ -81,6 +81,7 @@ static const struct {
     { "quit",        PROTO_TEXT_QUIT,      1, ANY, parse_args },
     { "stats",       PROTO_TEXT_STATS,     1, ANY, parse_args },
     { "mn",          PROTO_TEXT_MN,        1, ANY, parse_args },
+    { "shutdown",    PROTO_TEXT_SHUTDOWN,  1, ANY, parse_args },
     { "mg",          PROTO_TEXT_META,      1, ANY, parse_args },
     { "ms",          PROTO_TEXT_META,      1, ANY, parse_args },
     { "md",          PROTO_TEXT_META,      1, ANY, parse_args },
@@ -124,6 +125,8 @@ static const char *const reply_text[PROTO_TEXT_R_COUNT] = {
     [PROTO_TEXT_R_NO_MEMORY] = "SERVER_ERROR out of memory storing object",
     [PROTO_TEXT_R_DETAIL_USAGE] = ("CLIENT_ERROR usage: stats detail"
                                    " on|off|dump"),
+    [PROTO_TEXT_R_SHUTDOWN_OFF] = "ERROR: shutdown not enabled",
+    [PROTO_TEXT_R_SHUTDOWN_MODE] = "CLIENT_ERROR invalid shutdown mode",
 };
 
 /* ---- tokens ---- */
@@ -463,8 +466,9 @@ parse_verbosity(const struct ctx *cx, struct proto_text_req *rq,
 }
 
 /*
- * version, quit, mn (arguments ignored), stats [sub [args]] and the meta
- * commands: key = the first argument (meta: the command), args = the rest.
+ * version, quit, mn (arguments ignored), stats [sub [args]], shutdown
+ * [mode] and the meta commands: key = the first argument (meta: the
+ * command), args = the arguments.
  */
 static proto_rc_e
 parse_args(const struct ctx *cx, struct proto_text_req *rq, size_t *used)
@@ -509,24 +513,44 @@ starts_with(const char *p, size_t n, const char *s)
     return n >= sn && memcmp(p, s, sn) == 0;
 }
 
+/*
+ * The lines memcached reads past PROTO_TEXT_LINE_MAX: at most
+ * PROTO_TEXT_LEAD_MAX spaces, then "get " or "gets ". Returns the bytes
+ * before the keys and sets *cmd, or returns 0.
+ */
+static size_t
+long_get(const char *buf, size_t len, proto_text_cmd_e *cmd)
+{
+    size_t i = 0;
+
+    while (i < len && buf[i] == ' ') {
+        i++;
+    }
+    if (i > PROTO_TEXT_LEAD_MAX) {
+        return 0;
+    }
+    if (starts_with(buf + i, len - i, "get ")) {
+        *cmd = PROTO_TEXT_GET;
+        return i + 4;
+    }
+    if (starts_with(buf + i, len - i, "gets ")) {
+        *cmd = PROTO_TEXT_GETS;
+        return i + 5;
+    }
+    return 0;
+}
+
 /* No '\n' yet: wait, or give up on a line that cannot be memcached's. */
 static proto_rc_e
 unterminated(const char *buf, size_t len, struct proto_text_req *rq,
              size_t *used)
 {
-    size_t i = 0;
+    proto_text_cmd_e cmd;
 
-    if (len > PROTO_TEXT_LINE_MAX) {
-        while (i < len && buf[i] == ' ') {
-            i++;
-        }
-        if (i > PROTO_TEXT_LEAD_MAX ||
-            !(starts_with(buf + i, len - i, "get ") ||
-              starts_with(buf + i, len - i, "gets "))) {
-            rq->err = PROTO_TEXT_E_LINE_TOO_LONG;
-            *used = 0;
-            return PROTO_EMAGIC;
-        }
+    if (len > PROTO_TEXT_LINE_MAX && long_get(buf, len, &cmd) == 0) {
+        rq->err = PROTO_TEXT_E_LINE_TOO_LONG;
+        *used = 0;
+        return PROTO_EMAGIC;
     }
     *used = len + 1;
     return PROTO_NEED_MORE;
@@ -594,6 +618,139 @@ proto_text_decode(const char *buf, size_t len, size_t max_value,
         return text_cmds[i].parse(&cx, rq, used);
     }
     return unknown(&cx, rq, used);
+}
+
+bool
+proto_text_stream_start(struct proto_text_stream *st, const char *buf,
+                        size_t len, size_t *used)
+{
+    proto_text_cmd_e cmd = PROTO_TEXT_NONE;
+    size_t n = long_get(buf, len, &cmd);
+
+    if (n == 0) {
+        return false;
+    }
+    memset(st, 0, sizeof(*st));
+    st->cmd = cmd;
+    *used = n;
+    return true;
+}
+
+/* The rest of a line after a NUL or a refused key: nothing to run but,
+ * after a NUL, the "END" when the line ends. */
+static proto_rc_e
+skip_rest(struct proto_text_stream *st, const char *buf, size_t len,
+          struct proto_text_req *rq, size_t *used)
+{
+    const char *nl = memchr(buf, '\n', len);
+
+    *used = nl != NULL ? (size_t)(nl - buf) + 1 : len;
+    rq->cmd = st->cut && nl != NULL ? st->cmd : PROTO_TEXT_NONE;
+    rq->partial = nl == NULL;
+    if (nl != NULL) {
+        memset(st, 0, sizeof(*st));
+    }
+    return PROTO_OK;
+}
+
+/* The end of the token at buf[i]: its first ' ', '\n' or NUL, or len. */
+static size_t
+token_end(const char *buf, size_t len, size_t i)
+{
+    while (i < len && buf[i] != ' ' && buf[i] != '\n' && buf[i] != '\0') {
+        i++;
+    }
+    return i;
+}
+
+proto_rc_e
+proto_text_decode_more(struct proto_text_stream *st, const char *buf,
+                       size_t len, size_t max_keys,
+                       struct proto_text_req *rq, size_t *used)
+{
+    size_t i = 0;
+    size_t last = 0;
+
+    memset(rq, 0, sizeof(*rq));
+    *used = 0;
+    if (len == 0) {
+        return PROTO_NEED_MORE;
+    }
+    if (st->cut || st->failed) {
+        return skip_rest(st, buf, len, rq, used);
+    }
+    rq->cmd = st->cmd;
+    rq->exptime = st->exptime;
+    rq->partial = true;
+    /* Token by token, never further than the keys it returns: a long line
+     * runs a few hundred keys at a time, each piece costing only its own. */
+    for (;;) {
+        size_t end;
+        size_t keylen;
+
+        while (i < len && buf[i] == ' ') {
+            i++;
+        }
+        *used = i;
+        if (i == len || (max_keys != 0 && rq->nkeys == max_keys)) {
+            break;
+        }
+        if (buf[i] == '\n' || buf[i] == '\0') {
+            if (rq->nkeys > 0) {
+                break;      /* the end is the next call's */
+            }
+            /* The line ends, or a NUL ends it: skip to its '\n'. */
+            st->cut = buf[i] == '\0';
+            if (buf[i] == '\n') {
+                *used = i + 1;
+                rq->partial = false;
+                memset(st, 0, sizeof(*st));
+                return PROTO_OK;
+            }
+            (void)skip_rest(st, buf + i, len - i, rq, used);
+            *used += i;
+            return PROTO_OK;
+        }
+        end = token_end(buf, len, i);
+        keylen = end - i;
+        if (end < len && buf[end] == '\n' && buf[end - 1] == '\r') {
+            keylen--;       /* the line's "\r\n" */
+        }
+        if (keylen > PROTO_KEY_MAX +
+            (end == len && buf[end - 1] == '\r' ? 1u : 0u)) {
+            goto too_long;  /* even if a last '\r' is the line's */
+        }
+        if (end == len) {
+            break;          /* the key may go on in the next read */
+        }
+        if (keylen > 0) {
+            if (rq->nkeys == 0) {
+                rq->key = buf + i;
+                rq->keylen = keylen;
+            }
+            last = i + keylen;
+            rq->nkeys++;
+        }
+        i = end;
+    }
+    if (rq->nkeys == 0) {
+        return *used > 0 ? PROTO_OK : PROTO_NEED_MORE;
+    }
+    rq->line = rq->args = rq->key;
+    rq->line_len = rq->args_len = (size_t)(buf + last - rq->key);
+    return PROTO_OK;
+
+too_long:
+    /* memcached refuses the whole line for it; what was already run of
+     * it cannot be taken back, and the rest is skipped. */
+    rq->err = PROTO_TEXT_E_FORMAT;
+    st->failed = true;
+    {
+        struct proto_text_req skip;
+
+        (void)skip_rest(st, buf, len, &skip, used);
+    }
+    return PROTO_EINVAL;
 }
 
 bool

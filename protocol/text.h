@@ -59,6 +59,7 @@ typedef enum proto_text_cmd {
     PROTO_TEXT_QUIT,
     PROTO_TEXT_STATS,
     PROTO_TEXT_MN,          /* meta no-op: reply "MN" */
+    PROTO_TEXT_SHUTDOWN,    /* shutdown [graceful]: args as for stats */
     PROTO_TEXT_META         /* mg ms md ma me: line only, see below */
 } proto_text_cmd_e;
 
@@ -92,9 +93,11 @@ struct proto_text_req {
     const char      *line;      /* ro: the line memcached sees: no "\r\n", */
     size_t           line_len;  /*     and cut at its first NUL byte */
     const char      *key;       /* ro: the key; get family: the first key; */
-    size_t           keylen;    /*     stats: the subcommand; meta: "mg".. */
-    const char      *args;      /* ro: get family: the keys; stats, meta: */
-    size_t           args_len;  /*     all after the command; walk it with */
+    size_t           keylen;    /*     stats, shutdown: the first argument; */
+                                /*     meta: "mg".. */
+    const char      *args;      /* ro: get family: the keys; stats, */
+    size_t           args_len;  /*     shutdown, meta: all after the */
+                                /*     command; walk it with */
                                 /*     proto_text_next_key() */
     size_t           nkeys;     /* ro: get family: the number of keys; with */
                                 /*     E_FORMAT: the index of the long key */
@@ -107,6 +110,8 @@ struct proto_text_req {
     uint32_t         level;     /* ro: verbosity, as sent (not clamped) */
     const char      *value;     /* ro: storage commands: vlen bytes */
     size_t           swallow;   /* ro: PROTO_E2BIG: bytes after *used */
+    bool             partial;   /* ro: get family, from decode_more: the */
+                                /*     line goes on (no "END" yet) */
 };
 
 /*
@@ -131,6 +136,48 @@ struct proto_text_req {
  */
 proto_rc_e proto_text_decode(const char *buf, size_t len, size_t max_value,
                              struct proto_text_req *rq, size_t *used);
+
+/*
+ * A get-family line decoded a piece at a time, for a caller that cannot or
+ * will not hold it whole: memcached serves get and gets lines of any length
+ * (tests/notes/text-oracle.md), and a multi-get stopped half-way by
+ * back-pressure goes on from where it stopped. The caller owns it; all
+ * zero is "no line open".
+ */
+struct proto_text_stream {
+    proto_text_cmd_e cmd;       /* the line's command; NONE: none open */
+    int32_t          exptime;   /* gat, gats */
+    bool             cut;       /* a NUL ended the line: skip to its '\n' */
+    bool             failed;    /* a key was too long and the error is out: */
+                                /*     skip to the '\n', silently */
+};
+
+/*
+ * Opens st on the unterminated get or gets line that starts buf[0, len)
+ * (at most PROTO_TEXT_LEAD_MAX spaces, then "get " or "gets "): true, with
+ * *used = the bytes before its keys. false when buf starts no such line.
+ */
+bool proto_text_stream_start(struct proto_text_stream *st, const char *buf,
+                             size_t len, size_t *used);
+
+/*
+ * Decodes what follows in the line st has open from buf[0, len), reading
+ * it as proto_text_decode reads a whole line (NUL, "\r\n", ' ' only), and
+ * at most max_keys keys of it (0: no limit), reading no further:
+ * PROTO_OK: rq is a st->cmd request for complete keys in buf (perhaps
+ *   none); rq->partial unless the line ended in buf, which closes st.
+ *   *used = those bytes, the '\n' included when it ended. rq->cmd is
+ *   PROTO_TEXT_NONE when there is nothing to run (bytes skipped).
+ * PROTO_NEED_MORE: buf holds only the start of a key; *used = 0.
+ * PROTO_EINVAL: a key longer than PROTO_KEY_MAX (rq->err E_FORMAT): reply
+ *   with its text; none of this call's keys is to be run, and the rest of
+ *   the line is skipped (st->failed until its '\n'). *used as for OK.
+ * Thread-safe; reads nothing outside buf[0, len).
+ */
+proto_rc_e proto_text_decode_more(struct proto_text_stream *st,
+                                  const char *buf, size_t len,
+                                  size_t max_keys,
+                                  struct proto_text_req *rq, size_t *used);
 
 /*
  * Walks the space-separated tokens of rq->args (the keys of a get-family
@@ -161,6 +208,8 @@ typedef enum proto_text_reply {
     PROTO_TEXT_R_NON_NUMERIC,   /* incr/decr on a value that is no number */
     PROTO_TEXT_R_NO_MEMORY,     /* storing failed for want of memory */
     PROTO_TEXT_R_DETAIL_USAGE,  /* stats detail without on|off|dump */
+    PROTO_TEXT_R_SHUTDOWN_OFF,  /* shutdown, without -A */
+    PROTO_TEXT_R_SHUTDOWN_MODE, /* shutdown, with -A, but not [graceful] */
     PROTO_TEXT_R_COUNT
 } proto_text_reply_e;
 

@@ -23,6 +23,9 @@ struct worker {
     ev_async           wake;    /* new fds, completions, stop */
     ev_prepare         prepare; /* store idle; yield after a long busy run */
     ev_check           woke;    /* notes the polls that slept */
+    ev_idle            awake;   /* active while turns is not empty */
+    struct conn       *turns;   /* thread only: connections that used up
+                                 * their turn with requests left */
     bool               busy;    /* thread only: this pass read requests */
     ev_tstamp          awake_since; /* thread only: end of the last sleep
                                      * or yield */
@@ -39,6 +42,8 @@ struct worker {
     struct conn       *conns;   /* live connections */
     char              *rscratch; /* shared read buffer: most reads land
                                   * here and leave nothing behind */
+    char              *vscratch; /* small values a copying backend
+                                  * returns, for the reply queues */
 };
 
 struct server {
@@ -52,14 +57,27 @@ struct server {
     unsigned                 next;      /* round robin, main thread only */
     struct ev_loop          *loop;      /* main thread's */
     int                      lfd;
+    uint32_t                 conn_limit;   /* ro once serving: -c, or less
+                                            * when descriptors are short */
+    uint32_t                 reserved_fds; /* ro once serving: not for
+                                            * clients */
     ev_io                    accept_io;
+    ev_timer                 accept_retry; /* accepting paused: no fds */
+    ev_timer                 trim;         /* freed memory back to the OS */
+    ev_tstamp                paused_at;    /* main thread only */
     ev_signal                sigterm;
     ev_signal                sigint;
+    ev_async                 stop_req;  /* a shutdown command, any thread */
     _Atomic uint64_t         curr_conns;
     _Atomic uint64_t         total_conns;
     _Atomic uint64_t         rejected_conns;
+    _Atomic uint64_t         listen_disabled_num;
+    _Atomic uint64_t         listen_disabled_us;
     _Atomic bool             accepting;
 };
+
+/* Stops the server as SIGTERM does, from any thread (shutdown command). */
+void server_request_stop(struct server *s);
 
 /* Starts worker w's thread; 0 or -1. */
 int worker_start(struct worker *w);

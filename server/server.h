@@ -20,12 +20,14 @@ struct server_cfg {
     uint32_t                threads;
     int                     verbose;
     const char             *pidfile;     /* NULL: none */
+    bool                    shutdown;    /* -A: the shutdown command */
     const struct store_ops *ops;
     struct store_cfg        store;       /* handed to ops->open */
 };
 
 /*
- * Opens the store, listens, serves until SIGTERM/SIGINT, then finishes
+ * Opens the store, listens, serves until SIGTERM/SIGINT (or, with
+ * cfg->shutdown, a client's shutdown command), then finishes
  * in-flight work, closes the store and returns the exit status (0 on a clean
  * stop, 1 when the store or the listener could not be set up).
  */

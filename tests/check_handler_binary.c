@@ -41,6 +41,7 @@ static struct hstats    g_st;
 static struct hsettings g_set;
 static struct hserver   g_srv;
 static struct reply     g_out;
+static char             g_scratch[REPLY_COPY_MAX];
 static struct hctx      cx;
 static unsigned         g_resets;
 static struct counting  g_cnt;
@@ -143,7 +144,7 @@ setup(void)
     g_srv.conns = NULL;
     g_resets = 0;
 
-    reply_init(&g_out, &g_ops, g_thr);
+    reply_init(&g_out, &g_ops, g_thr, g_scratch);
     memset(&cx, 0, sizeof(cx));
     cx.ops = &g_ops;
     cx.thr = g_thr;

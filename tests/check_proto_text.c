@@ -261,6 +261,12 @@ static const struct ok_case oks[] = {
       .args = "detail on" },
     { S("stats settings\t\r\n"), PROTO_TEXT_STATS, .key = "settings\t" },
     { S("stats noreply\r\n"), PROTO_TEXT_STATS, .key = "noreply" },
+    { S("shutdown\r\n"), PROTO_TEXT_SHUTDOWN, .args = "" },
+    { S("shutdown graceful\r\n"), PROTO_TEXT_SHUTDOWN, .key = "graceful",
+      .args = "graceful" },
+    { S("shutdown  graceful x\r\n"), PROTO_TEXT_SHUTDOWN,
+      .key = "graceful", .args = "graceful x" },
+    { S("shutdown noreply\r\n"), PROTO_TEXT_SHUTDOWN, .key = "noreply" },
     { S("mn\r\n"), PROTO_TEXT_MN },
     { S("mn x\r\n"), PROTO_TEXT_MN, .key = "x" },
     { S("mn\0\r\n"), PROTO_TEXT_MN },
@@ -396,7 +402,7 @@ static const struct err_case errs[] = {
     UNK("flush_all 1 2 3\r\n"), UNK("verbosity\r\n"),
     UNK("verbosity 1 2 3\r\n"), UNK("lru_crawler\r\n"), UNK("watch\r\n"),
     UNK("lru HTTP/1.1\r\n"), UNK("extstore HTTP/1.1\r\n"),
-    UNK("shutdown\r\n"), UNK("slabs HTTP/1.1\r\n"),
+    UNK("SHUTDOWN\r\n"), UNK("slabs HTTP/1.1\r\n"),
     UNK("cache_memlimit 100\r\n"), UNK("debugtime HTTP/1.1\r\n"),
     UNK("x HTTP/1.1\r\n"), UNK("xx HTTP/1.1 b\r\n"), UNK("xx HTTPS\r\n"),
     UNK("xx http/1.1\r\n"), UNK("gxx HTTP/1.1\r\n"), UNK("HTTP/1.1 xx\r\n"),
@@ -921,6 +927,219 @@ START_TEST(get_300_keys_one_too_long)
 }
 END_TEST
 
+/* ---- get lines decoded a piece at a time ---- */
+
+/* What a line's decode gives a handler: its keys, each followed by ' ',
+ * then "END" when it ends, or "ERR" for a refused key. */
+struct run {
+    char  *p;
+    size_t len;
+    size_t cap;
+};
+
+static void
+run_add(struct run *r, const char *p, size_t n)
+{
+    if (r->len + n + 1 > r->cap) {
+        r->cap = 2 * (r->len + n + 1);
+        r->p = realloc(r->p, r->cap);
+        ck_assert_ptr_nonnull(r->p);
+    }
+    memcpy(r->p + r->len, p, n);
+    r->len += n;
+    r->p[r->len] = '\0';
+}
+
+static void
+run_keys(struct run *r, const struct proto_text_req *rq)
+{
+    size_t pos = 0, keylen, n = 0;
+    const char *key;
+
+    while (proto_text_next_key(rq, &pos, &key, &keylen)) {
+        run_add(r, key, keylen);
+        run_add(r, " ", 1);
+        n++;
+    }
+    ck_assert_uint_eq(n, rq->nkeys);
+}
+
+/* The whole line in one buffer, as proto_text_decode sees it. */
+static void
+run_whole(const char *line, size_t len, struct run *r, size_t *used)
+{
+    struct proto_text_req rq;
+    proto_rc_e rc = decode(line, len, MAX_VALUE, &rq, used);
+
+    if (rc == PROTO_EINVAL) {
+        run_add(r, "ERR", 3);
+        return;
+    }
+    ck_assert_int_eq(rc, PROTO_OK);
+    run_keys(r, &rq);
+    run_add(r, "END", 3);
+}
+
+/*
+ * The same line streamed: opened at its start, then fed piece bytes at a
+ * time into a buffer that keeps what decode_more left; *used = the bytes
+ * the line took.
+ */
+static void
+run_streamed(const char *line, size_t len, size_t piece, size_t max_keys,
+             struct run *r, size_t *used)
+{
+    struct proto_text_stream st;
+    struct proto_text_req rq;
+    char *buf = malloc(len);
+    size_t have = 0, fed, n = 0;
+
+    ck_assert_ptr_nonnull(buf);
+    ck_assert(proto_text_stream_start(&st, line, len, &fed));
+    *used = fed;
+    while (st.cmd != PROTO_TEXT_NONE) {
+        proto_rc_e rc;
+
+        ck_assert_uint_lt(fed, len);
+        n = len - fed < piece ? len - fed : piece;
+        memcpy(buf + have, line + fed, n);
+        have += n;
+        fed += n;
+        for (;;) {
+            size_t u = 0;
+
+            rc = proto_text_decode_more(&st, buf, have, max_keys, &rq, &u);
+            if (rc == PROTO_NEED_MORE) {
+                ck_assert_uint_eq(u, 0);
+                break;
+            }
+            ck_assert_uint_gt(u, 0);
+            ck_assert_uint_le(u, have);
+            if (max_keys != 0) {
+                ck_assert_uint_le(rq.nkeys, max_keys);
+            }
+            if (rc == PROTO_EINVAL) {
+                ck_assert_int_eq(rq.err, PROTO_TEXT_E_FORMAT);
+                run_add(r, "ERR", 3);
+            } else {
+                ck_assert_int_eq(rc, PROTO_OK);
+                if (rq.cmd != PROTO_TEXT_NONE) {
+                    run_keys(r, &rq);
+                    if (!rq.partial) {
+                        run_add(r, "END", 3);
+                    }
+                }
+            }
+            memmove(buf, buf + u, have - u);
+            have -= u;
+            *used += u;
+            if (st.cmd == PROTO_TEXT_NONE || have == 0) {
+                break;
+            }
+        }
+    }
+    free(buf);
+}
+
+START_TEST(streamed_get_lines_read_as_whole_ones)
+{
+    static const size_t pieces[] = { 1, 2, 3, 5, 64, 251, 252, 4096, 1 << 20 };
+    static const size_t limits[] = { 0, 1, 7, 256 };
+    static const char *const tails[] = {
+        "\r\n", "  \r\n", "\n", " \r\r\n", " a\0b c\r\n", "\0 x\r\n",
+        " z \r \r\n", " " K250 "\r\n",
+    };
+    char *line = malloc(40000);
+
+    ck_assert_ptr_nonnull(line);
+    for (size_t t = 0; t < sizeof(tails) / sizeof(tails[0]); t++) {
+        size_t n = (size_t)sprintf(line, "%*s%s", (int)(t * 14), "",
+                                   t % 2 ? "gets" : "get");
+        size_t tl = t == 4 ? 8 : t == 5 ? 5 : strlen(tails[t]);
+
+        for (int k = 0; k < 3000; k++) {
+            n += (size_t)sprintf(line + n, "%*sk%d", 1 + k % 3, "", k);
+        }
+        memcpy(line + n, tails[t], tl);
+        n += tl;
+        memcpy(line + n, "version\r\n", 9);
+        for (size_t p = 0; p < sizeof(pieces) / sizeof(pieces[0]); p++) {
+            struct run whole = { 0 }, streamed = { 0 };
+            size_t wused = 0, sused = 0;
+
+            run_whole(line, n + 9, &whole, &wused);
+            run_streamed(line, n + 9, pieces[p], limits[p % 4], &streamed,
+                         &sused);
+            ck_assert_msg(streamed.len == whole.len &&
+                          memcmp(streamed.p, whole.p, whole.len) == 0,
+                          "tail %zu piece %zu: %zu bytes of keys, want %zu",
+                          t, pieces[p], streamed.len, whole.len);
+            ck_assert_uint_eq(sused, wused);
+            ck_assert_uint_eq(sused, n);
+            free(whole.p);
+            free(streamed.p);
+        }
+    }
+    free(line);
+}
+END_TEST
+
+/* A key too long ends the line's run with one error, wherever it is. */
+START_TEST(streamed_get_line_with_a_long_key)
+{
+    static const size_t pieces[] = { 1, 7, 300, 4096 };
+    char *line = malloc(20000);
+
+    ck_assert_ptr_nonnull(line);
+    for (int at = 0; at < 3; at++) {
+        size_t n = (size_t)sprintf(line, "get");
+
+        for (int k = 0; k < 1000; k++) {
+            n += (size_t)sprintf(line + n, " %s",
+                                 k == (at == 0 ? 0 : at == 1 ? 500 : 999)
+                                 ? K251 : "key");
+        }
+        n += (size_t)sprintf(line + n, " a\r\n");
+        for (size_t p = 0; p < sizeof(pieces) / sizeof(pieces[0]); p++) {
+            struct run r = { 0 };
+            size_t used = 0;
+            const char *err;
+
+            run_streamed(line, n, pieces[p], p, &r, &used);
+            ck_assert_uint_eq(used, n);
+            err = strstr(r.p, "ERR");
+            ck_assert_msg(err != NULL && err[3] == '\0',
+                          "at %d piece %zu: %s", at, pieces[p],
+                          r.len > 40 ? r.p + r.len - 40 : r.p);
+            /* Nothing after the long key runs; keys before it may have. */
+            ck_assert_uint_le((size_t)(err - r.p),
+                              (size_t)(at == 0 ? 0 : at == 1 ? 500 : 999) *
+                              4);
+            free(r.p);
+        }
+    }
+    free(line);
+}
+END_TEST
+
+START_TEST(stream_starts_only_on_get_and_gets)
+{
+    struct proto_text_stream st;
+    size_t used = 0;
+
+    ck_assert(proto_text_stream_start(&st, "get a", 5, &used));
+    ck_assert_int_eq(st.cmd, PROTO_TEXT_GET);
+    ck_assert_uint_eq(used, 4);
+    ck_assert(proto_text_stream_start(&st, "  gets a", 8, &used));
+    ck_assert_int_eq(st.cmd, PROTO_TEXT_GETS);
+    ck_assert_uint_eq(used, 7);
+    ck_assert(!proto_text_stream_start(&st, "gat 1 a", 7, &used));
+    ck_assert(!proto_text_stream_start(&st, "bget a", 6, &used));
+    ck_assert(!proto_text_stream_start(&st, "get", 3, &used));
+    ck_assert(!proto_text_stream_start(&st, "GET a", 5, &used));
+}
+END_TEST
+
 /* ---- several commands in one buffer ---- */
 
 START_TEST(pipelined_valid)
@@ -1040,6 +1259,7 @@ START_TEST(reply_texts)
         "CLIENT_ERROR cannot increment or decrement non-numeric value",
         "SERVER_ERROR out of memory storing object",
         "CLIENT_ERROR usage: stats detail on|off|dump",
+        "ERROR: shutdown not enabled", "CLIENT_ERROR invalid shutdown mode",
     };
 
     for (int r = 0; r < PROTO_TEXT_R_COUNT; r++) {
@@ -1228,6 +1448,9 @@ text_suite(void)
     tcase_add_test(tc, data_block_sizes);
     tcase_add_test(tc, get_many_keys);
     tcase_add_test(tc, get_300_keys_one_too_long);
+    tcase_add_test(tc, streamed_get_lines_read_as_whole_ones);
+    tcase_add_test(tc, streamed_get_line_with_a_long_key);
+    tcase_add_test(tc, stream_starts_only_on_get_and_gets);
     tcase_add_test(tc, pipelined_valid);
     tcase_add_test(tc, pipelined_mixed);
     suite_add_tcase(s, tc);

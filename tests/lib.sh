@@ -4,7 +4,7 @@
 # backend $STASHD_BACKEND names, stopped by pid whatever happens.
 #
 # Sets BIN, TMP, PID, PORT, passed; defines fail, ok, port_in_use,
-# start_stashd, stop_stashd.
+# start_stashd, stop_stashd, wait_stashd_exit, exchange.
 
 BIN=${STASHD_BIN:-./build/stashd}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/stashd-test.XXXXXX")
@@ -73,17 +73,47 @@ start_stashd() {
     fail "stashd did not start: $(cat "$TMP/stderr")"
 }
 
-# SIGTERM, then the exit status must be 0 within 10 s.
-stop_stashd() {
+# Waits up to 10 s for stashd to exit; its status must be 0. $1 says what
+# it exits after, for the messages.
+wait_stashd_exit() {
     local rc=0
 
-    kill -TERM "$PID"
     for _ in $(seq 1 400); do
         kill -0 "$PID" 2>/dev/null || break
         sleep 0.025
     done
-    kill -0 "$PID" 2>/dev/null && fail "stashd still running 10 s after SIGTERM"
+    kill -0 "$PID" 2>/dev/null && fail "stashd still running 10 s $1"
     wait "$PID" || rc=$?
     PID=
-    [ "$rc" = 0 ] || fail "stashd exited $rc after SIGTERM"
+    [ "$rc" = 0 ] || fail "stashd exited $rc $1"
+}
+
+# SIGTERM, then the exit status must be 0 within 10 s.
+stop_stashd() {
+    kill -TERM "$PID"
+    wait_stashd_exit "after SIGTERM"
+}
+
+# Sends $1 (printf escapes) to stashd and prints every byte back until the
+# server closes ("<closed>" then ends it), the reply ends with $2 (printf
+# escapes, if given), or it stays silent for a second.
+exchange() {
+    /usr/bin/python3 - "$PORT" "$1" "${2:-}" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), 5)
+s.sendall(sys.argv[2].encode().decode("unicode_escape").encode("latin-1"))
+until = sys.argv[3].encode().decode("unicode_escape").encode("latin-1")
+s.settimeout(1)
+buf = b""
+try:
+    while not (until and buf.endswith(until)):
+        chunk = s.recv(65536)
+        if not chunk:
+            buf += b"<closed>"
+            break
+        buf += chunk
+except socket.timeout:
+    pass
+sys.stdout.write(buf.decode("latin-1"))
+PY
 }

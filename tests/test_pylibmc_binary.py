@@ -6,21 +6,16 @@ pylibmc.Client(..., binary=True), stops the server by pid (SIGTERM, which
 must exit 0), prints "N passed, M failed" and exits non-zero on a failure.
 Values are bytes throughout, so pylibmc stores them as-is (no pickling).
 """
-import os
 import random
 import signal
-import socket
-import subprocess
 import sys
 import time
-import atexit
-import shutil
-import tempfile
 import traceback
 
 import pylibmc
 
-BIN = os.environ.get("STASHD_BIN", "./build/stashd")
+from lib import start_server, stop_server
+
 CHECKS = []
 PORT = 0
 
@@ -28,57 +23,6 @@ PORT = 0
 def check(fn):
     CHECKS.append(fn)
     return fn
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def backend_args():
-    """$STASHD_BACKEND's flags, with a data directory removed at exit."""
-    backend = os.environ.get("STASHD_BACKEND")
-    if not backend:
-        return []
-    if backend == "memory":
-        return ["--backend", "memory"]
-    path = tempfile.mkdtemp(prefix="stashd-test-")
-    atexit.register(shutil.rmtree, path, True)
-    return ["--backend", backend, "--data-dir", path]
-
-
-def start_server():
-    extra = backend_args()
-    for _ in range(5):
-        port = free_port()
-        proc = subprocess.Popen([BIN, "-p", str(port), "-l", "127.0.0.1"] +
-                                extra,
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                return proc, port
-            except OSError:
-                time.sleep(0.02)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    raise RuntimeError("%s did not start" % BIN)
-
-
-def stop_server(proc):
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        return proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return None
 
 
 def expect_raises(exc, fn, *args):

@@ -10,16 +10,12 @@ back) go over a raw socket. Every expected reply was taken from memcached
 1.6.18 with the same requests. Stops the server by pid (SIGTERM, which must
 exit 0), prints "N passed, M failed" and exits non-zero on a failure.
 """
-import atexit
 import os
 import random
 import re
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
@@ -28,7 +24,8 @@ from pymemcache.exceptions import (MemcacheClientError,
                                    MemcacheIllegalInputError,
                                    MemcacheServerError)
 
-BIN = os.environ.get("STASHD_BIN", "./build/stashd")
+from lib import start_server, stop_server
+
 CHECKS = []
 PORT = 0
 MAX_ITEM = 1024 * 1024          # -I 1m
@@ -40,57 +37,6 @@ ITEM_OVERHEAD = 56 + 1 + 2
 def check(fn):
     CHECKS.append(fn)
     return fn
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def backend_args():
-    """$STASHD_BACKEND's flags, with a data directory removed at exit."""
-    backend = os.environ.get("STASHD_BACKEND")
-    if not backend:
-        return []
-    if backend == "memory":
-        return ["--backend", "memory"]
-    path = tempfile.mkdtemp(prefix="stashd-test-")
-    atexit.register(shutil.rmtree, path, True)
-    return ["--backend", backend, "--data-dir", path]
-
-
-def start_server():
-    extra = backend_args()
-    for _ in range(5):
-        port = free_port()
-        proc = subprocess.Popen([BIN, "-p", str(port), "-l", "127.0.0.1",
-                                 "-I", "1m"] + extra,
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                return proc, port
-            except OSError:
-                time.sleep(0.02)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    raise RuntimeError("%s did not start" % BIN)
-
-
-def stop_server(proc):
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        return proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return None
 
 
 def client():
@@ -597,7 +543,7 @@ def pipelined_and_split(mc):
 def main():
     signal.alarm(120)       # never hang a test run
     global PORT
-    proc, port = start_server()
+    proc, port = start_server(["-I", "1m"])
     PORT = port
     passed = failed = 0
     t0 = time.monotonic()

@@ -102,21 +102,66 @@ struct walk_out {
     unsigned bad;
 };
 
-/* Walks every record of dbi; for the items DB checks each checksum. */
+/*
+ * Whether a record of LMDB's free list (key: a transaction id; value: a
+ * count and that many page numbers, descending) is one LMDB can use: a
+ * damaged one would make a later commit write over a live page or outside
+ * the map, which no read ever trips on.
+ */
+static bool
+free_record_ok(const MDB_val *key, const MDB_val *data, uint64_t last_pgno)
+{
+    const unsigned char *p = data->mv_data;
+    uint64_t n;
+    uint64_t prev = UINT64_MAX;
+
+    if (key->mv_size != sizeof(size_t) || data->mv_size < sizeof(size_t) ||
+        data->mv_size % sizeof(size_t) != 0) {
+        return false;
+    }
+    memcpy(&n, p, sizeof(n));
+    if (n != data->mv_size / sizeof(size_t) - 1) {
+        return false;
+    }
+    for (uint64_t i = 1; i <= n; i++) {
+        uint64_t pg;
+
+        memcpy(&pg, p + i * sizeof(size_t), sizeof(pg));
+        if (pg < 2 || pg > last_pgno || pg >= prev) {
+            return false;
+        }
+        prev = pg;
+    }
+    return true;
+}
+
+/*
+ * Walks every record of dbi (0, LMDB's free list: each record checked;
+ * the items DB: each record's checksum). An LMDB error, or MDB_CORRUPTED
+ * for a free-list record LMDB could not use.
+ */
 static int
 walk_db(MDB_txn *txn, MDB_dbi dbi, bool items, struct walk_out *wo)
 {
+    MDB_envinfo info;
     MDB_cursor *cur;
     MDB_val key;
     MDB_val data;
-    int rc = mdb_cursor_open(txn, dbi, &cur);
+    int rc = mdb_env_info(mdb_txn_env(txn), &info);
 
+    if (rc == 0) {
+        rc = mdb_cursor_open(txn, dbi, &cur);
+    }
     if (rc != 0) {
         return rc;
     }
     while ((rc = mdb_cursor_get(cur, &key, &data, MDB_NEXT)) == 0) {
         struct kv_view v;
 
+        if (dbi == 0 && !free_record_ok(&key, &data, info.me_last_pgno)) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
         if (!items) {
             continue;
         }
