@@ -6,7 +6,8 @@
  * a backend's internals, so a new backend joins the suite by adding one row
  * to its table. Header-only (static inline): each test program is one file
  * (check_conformance.c; persist_util.h builds on its sink and runner for
- * the persistent backends' tests).
+ * the persistent backends' tests, rig_util.h on its configuration and
+ * runner for the fault rigs).
  */
 #ifndef STASHD_TESTS_CONFORMANCE_H
 #define STASHD_TESTS_CONFORMANCE_H
