@@ -10,7 +10,6 @@
 #include "tests/util.h"
 
 #include <check.h>
-#include <ftw.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -40,15 +39,6 @@ static bool
 persistent(void)
 {
     return strcmp(backend(), "memory") != 0;
-}
-
-static int
-rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st;
-    (void)flag;
-    (void)f;
-    return remove(p);
 }
 
 /* Writes the shim's mode ("" for none). */
@@ -96,7 +86,7 @@ srv_stop(struct srv *s)
 {
     set_fault(s, "");
     ck_assert_int_eq(tu_server_stop(s->pid), 0);
-    nftw(s->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tu_rm_tree(s->dir);
     unlink(s->ctl);
 }
 
@@ -135,6 +125,20 @@ get(int fd, const char *key, char *buf, size_t cap)
     }
 }
 
+/* Sends one binary request (req[0, n)) and decodes its reply into *b,
+ * which points into resp (cap bytes). */
+static void
+bin_call(int fd, const uint8_t *req, size_t n, uint8_t *resp, size_t cap,
+         struct tu_bin *b)
+{
+    ssize_t r;
+
+    ck_assert_int_eq(tu_send(fd, req, n), 0);
+    r = tu_recv_bin(fd, resp, cap);
+    ck_assert_int_gt(r, 0);
+    ck_assert_uint_gt(tu_bin_parse(resp, (size_t)r, b), 0);
+}
+
 /* A binary request with no extras and no value; the reply's status. */
 static unsigned
 bin_status(int fd, uint8_t op, const char *key, char *msg, size_t cap)
@@ -144,46 +148,48 @@ bin_status(int fd, uint8_t op, const char *key, char *msg, size_t cap)
     struct tu_bin b;
     size_t n = tu_bin_req(req, sizeof(req), op, NULL, 0, key,
                           (uint16_t)strlen(key), NULL, 0, 0x1234, 0);
-    ssize_t r;
 
-    ck_assert_int_eq(tu_send(fd, req, n), 0);
-    r = tu_recv_bin(fd, resp, sizeof(resp));
-    ck_assert_int_gt(r, 0);
-    ck_assert_uint_gt(tu_bin_parse(resp, (size_t)r, &b), 0);
+    bin_call(fd, req, n, resp, sizeof(resp), &b);
     ck_assert_uint_eq(b.opaque, 0x1234);
     snprintf(msg, cap, "%.*s", (int)b.vlen, (const char *)b.value);
     return b.status;
+}
+
+/* A text command whose reply must be SERVER_ERROR; why and what name it
+ * in the failure message. */
+static void
+expect_server_error(int fd, const char *line, const char *why,
+                    const char *what)
+{
+    char buf[4096];
+
+    ck_assert_msg(strncmp(cmd(fd, line, buf, sizeof(buf)), "SERVER_ERROR",
+                          12) == 0, "%s: %s: %s", why, what, buf);
 }
 
 /* Every write-type command fails loudly while the store cannot write. */
 static void
 expect_writes_fail(int fd, uint16_t port, const char *why)
 {
+    static const struct {
+        const char *what;
+        const char *line;
+    } writes[] = {
+        { "set", "set k 0 0 2\r\nv2\r\n" },
+        { "delete", "delete k\r\n" },
+        { "touch", "touch k 100\r\n" },
+        { "incr", "incr n 1\r\n" },
+        { "append", "append k 0 0 1\r\nx\r\n" },
+        { "flush_all", "flush_all\r\n" },
+        { "gat", "gat 100 k\r\n" },
+    };
     int bfd = tu_connect(port);     /* the first byte picks the protocol */
     char buf[4096];
     char msg[128];
 
-    ck_assert_msg(strncmp(cmd(fd, "set k 0 0 2\r\nv2\r\n", buf,
-                              sizeof(buf)), "SERVER_ERROR", 12) == 0,
-                  "%s: set: %s", why, buf);
-    ck_assert_msg(strncmp(cmd(fd, "delete k\r\n", buf, sizeof(buf)),
-                          "SERVER_ERROR", 12) == 0,
-                  "%s: delete: %s", why, buf);
-    ck_assert_msg(strncmp(cmd(fd, "touch k 100\r\n", buf, sizeof(buf)),
-                          "SERVER_ERROR", 12) == 0,
-                  "%s: touch: %s", why, buf);
-    ck_assert_msg(strncmp(cmd(fd, "incr n 1\r\n", buf, sizeof(buf)),
-                          "SERVER_ERROR", 12) == 0,
-                  "%s: incr: %s", why, buf);
-    ck_assert_msg(strncmp(cmd(fd, "append k 0 0 1\r\nx\r\n", buf,
-                              sizeof(buf)), "SERVER_ERROR", 12) == 0,
-                  "%s: append: %s", why, buf);
-    ck_assert_msg(strncmp(cmd(fd, "flush_all\r\n", buf, sizeof(buf)),
-                          "SERVER_ERROR", 12) == 0,
-                  "%s: flush_all: %s", why, buf);
-    ck_assert_msg(strncmp(cmd(fd, "gat 100 k\r\n", buf, sizeof(buf)),
-                          "SERVER_ERROR", 12) == 0,
-                  "%s: gat: %s", why, buf);
+    for (size_t i = 0; i < sizeof(writes) / sizeof(writes[0]); i++) {
+        expect_server_error(fd, writes[i].line, why, writes[i].what);
+    }
     ck_assert_uint_eq(bin_status(bfd, BIN_DELETE, "k", msg, sizeof(msg)),
                       BIN_EINTERNAL);
     ck_assert_uint_eq(bin_status(bfd, BIN_FLUSH, "", msg, sizeof(msg)),
@@ -196,16 +202,20 @@ expect_writes_fail(int fd, uint16_t port, const char *why)
                      "VALUE n 0 1\r\n5\r\nEND\r\n");
 }
 
-/* Seeds k = v1 and n = 5. */
-static void
-seed(int fd)
+/* srv_start, then a connection that seeds k = v1 and n = 5; returns it. */
+static int
+srv_seeded(struct srv *s, bool shim, const char *sync)
 {
     char buf[256];
+    int fd;
 
+    srv_start(s, shim, sync);
+    fd = tu_connect(s->port);
     ck_assert_str_eq(cmd(fd, "set k 0 0 2\r\nv1\r\n", buf, sizeof(buf)),
                      "STORED\r\n");
     ck_assert_str_eq(cmd(fd, "set n 0 0 1\r\n5\r\n", buf, sizeof(buf)),
                      "STORED\r\n");
+    return fd;
 }
 
 START_TEST(sqlite_writer_locked_elsewhere)
@@ -219,9 +229,7 @@ START_TEST(sqlite_writer_locked_elsewhere)
     if (strcmp(backend(), "sqlite") != 0) {
         return;                         /* an sqlite-only way to fail */
     }
-    srv_start(&s, false, "periodic");
-    fd = tu_connect(s.port);
-    seed(fd);
+    fd = srv_seeded(&s, false, "periodic");
     /* The sqlite3 shell (or any program) holding the write lock. */
     snprintf(path, sizeof(path), "%s/stashd.db", s.dir);
     ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
@@ -242,21 +250,17 @@ END_TEST
 START_TEST(failing_disk_writes)
 {
     struct srv s;
-    char buf[4096];
     int fd;
 
     if (!persistent()) {
         return;
     }
-    srv_start(&s, true, "periodic");
-    fd = tu_connect(s.port);
-    seed(fd);
+    fd = srv_seeded(&s, true, "periodic");
     set_fault(&s, "write");
     expect_writes_fail(fd, s.port, "writes fail");
     set_fault(&s, "");
     close(fd);
     srv_stop(&s);
-    (void)buf;
 }
 END_TEST
 
@@ -269,15 +273,12 @@ START_TEST(failing_sync_fails_pending_writes)
     uint8_t ext[8] = { 0 };
     struct tu_bin b;
     size_t n;
-    ssize_t r;
     int fd;
 
     if (!persistent()) {
         return;
     }
-    srv_start(&s, true, "always");
-    fd = tu_connect(s.port);
-    seed(fd);
+    fd = srv_seeded(&s, true, "always");
     set_fault(&s, "sync");
     /* Committed, but its sync fails: an error, never STORED. */
     ck_assert_str_eq(cmd(fd, "set k 0 0 2\r\nv2\r\n", buf, sizeof(buf)),
@@ -290,18 +291,15 @@ START_TEST(failing_sync_fails_pending_writes)
     fd = tu_connect(s.port);
     n = tu_bin_req(req, sizeof(req), 0x11 /* SETQ */, ext, 8, "q", 1, "x",
                    1, 77, 0);
-    ck_assert_int_eq(tu_send(fd, req, n), 0);
-    r = tu_recv_bin(fd, resp, sizeof(resp));
-    ck_assert_int_gt(r, 0);
-    ck_assert_uint_gt(tu_bin_parse(resp, (size_t)r, &b), 0);
+    bin_call(fd, req, n, resp, sizeof(resp), &b);
     ck_assert_uint_eq(b.status, BIN_EINTERNAL);
     ck_assert_uint_eq(b.opaque, 77);
     close(fd);
     /* From then on writes fail at once (the disk broke its promise);
      * reads go on. */
     fd = tu_connect(s.port);
-    ck_assert_msg(strncmp(cmd(fd, "set z 0 0 1\r\nz\r\n", buf, sizeof(buf)),
-                          "SERVER_ERROR", 12) == 0, "%s", buf);
+    expect_server_error(fd, "set z 0 0 1\r\nz\r\n", "after a failed sync",
+                        "set");
     ck_assert_str_eq(get(fd, "n", buf, sizeof(buf)),
                      "VALUE n 0 1\r\n5\r\nEND\r\n");
     close(fd);

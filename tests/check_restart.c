@@ -14,7 +14,6 @@
 #include "tests/util.h"
 
 #include <check.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -22,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -159,15 +157,6 @@ start(const char *backend, const char *dir, const char *sync, uint16_t *port)
     ck_assert_msg(pid > 0, "%s: the server did not start", backend);
     wait_ready(*port);
     return pid;
-}
-
-static int
-rm_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
-{
-    (void)sb;
-    (void)type;
-    (void)ftw;
-    return remove(path);
 }
 
 static void
@@ -347,7 +336,7 @@ START_TEST(sigterm_restart_keeps_everything)
     }
     bc_close(&c);
     ck_assert_int_eq(tu_server_stop(pid), 0);
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tu_rm_tree(dir);
     free(cas);
     free(out);
 }
@@ -544,7 +533,7 @@ START_TEST(kill9_always_keeps_acknowledged)
     for (int i = 0; i < NCLIENTS; i++) {
         free(cl[i].cas);
     }
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tu_rm_tree(dir);
 }
 END_TEST
 
@@ -580,7 +569,7 @@ START_TEST(kill9_periodic_consistent_prefix)
     for (int i = 0; i < NCLIENTS; i++) {
         free(cl[i].cas);
     }
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tu_rm_tree(dir);
 }
 END_TEST
 

@@ -20,21 +20,17 @@
  * print its path).
  */
 #include "storage/storage.h"
+#include "tests/rig_util.h"
 
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,8 +51,6 @@
 #define TIMEOUT_S   10u
 #define TRIALS_DIV  1u
 #endif
-#define EXLEN      320
-#define EXN        3
 #define PAGE       4096u
 #define SECTOR     512u
 #define MAXFILES   2
@@ -102,52 +96,7 @@ struct trial {
     uint64_t rnd;       /* the bit, the bytes */
 };
 
-static uint64_t
-rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static unsigned
-env_uint(const char *name, unsigned dflt)
-{
-    const char *v = getenv(name);
-
-    return v != NULL && *v != '\0' ? (unsigned)strtoul(v, NULL, 10) : dflt;
-}
-
-/* Whether $STASHD_CORRUPT_CASES (unset: all) names this variant. */
-static bool
-selected(const char *name)
-{
-    const char *sel = getenv("STASHD_CORRUPT_CASES");
-    size_t n = strlen(name);
-
-    if (sel == NULL || *sel == '\0') {
-        return true;
-    }
-    for (const char *p = strstr(sel, name); p != NULL;
-         p = strstr(p + 1, name)) {
-        if ((p == sel || p[-1] == ',') && (p[n] == '\0' || p[n] == ',')) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* The stored data: every value says whose it is. */
-
-static uint64_t
-mix(uint64_t a, uint64_t b)
-{
-    uint64_t s = a * 0x100000001b3ull ^ (b + 0x632be59bd9b4e019ull);
-
-    return rng_next(&s);
-}
 
 static void
 key_name(unsigned k, bool fresh, char *buf, size_t cap)
@@ -165,92 +114,30 @@ key_exptime(unsigned k)
 static uint32_t
 val_flags(unsigned k, unsigned gen)
 {
-    return (uint32_t)(mix(k, gen) >> 32);
+    return (uint32_t)(rig_mix(k, gen) >> 32);
 }
 
 /* value(k, gen): "k|gen|" and filler; gen 1 is the stored store. */
 static size_t
 val_gen(unsigned k, unsigned gen, bool fresh, char *buf)
 {
-    uint64_t h = mix(k + (fresh ? 1000000u : 0), gen);
-    uint64_t s = h;
-    unsigned r = (unsigned)(h % 100);
     char name[32];
-    size_t len;
-    size_t hl;
 
-    if (r < 60) {
-        len = 10 + (h >> 8) % 190;
-    } else if (r < 90) {
-        len = 200 + (h >> 8) % 1800;
-    } else {
-        len = 3000 + (h >> 8) % (VMAX - 3000);
-    }
     key_name(k, fresh, name, sizeof(name));
-    hl = (size_t)snprintf(buf, VMAX, "%s|%u|", name, gen);
-    len = len < hl ? hl : len;
-    for (size_t i = hl; i < len; i++) {
-        buf[i] = (char)('a' + rng_next(&s) % 26);
-    }
-    return len;
+    return rig_value(rig_mix(k + (fresh ? 1000000u : 0), gen), name, gen,
+                     buf, VMAX);
 }
 
-/* One buffer the backend copies a value into; one get at a time. */
-struct sink {
-    struct store_sink base;     /* first: what the backend sees */
-    char             *buf;
-    size_t            cap;
-};
-
-static void *
-sink_reserve(struct store_sink *sk, size_t len)
-{
-    struct sink *s = (struct sink *)(void *)sk;
-
-    if (len + 1 > s->cap) {
-        char *p = realloc(s->buf, len + 1);
-
-        if (p == NULL) {
-            return NULL;
-        }
-        s->buf = p;
-        s->cap = len + 1;
-    }
-    return s->buf;
-}
-
+/* The configuration of rs on dir, for building and for checking. */
 static void
-cfg_init(struct store_cfg *cfg, const char *dir, uint64_t mem_limit,
-         uint32_t now, char *err, size_t errlen)
+cfg_init(struct rig_store *rs, const char *dir, uint64_t mem_limit,
+         uint32_t now)
 {
-    memset(cfg, 0, sizeof(*cfg));
-    cfg->mem_limit = mem_limit;
-    cfg->item_max = 1024 * 1024;
-    cfg->chunk_min = 48;
-    cfg->factor = 1.25;
-    cfg->threads = 2;
-    cfg->data_dir = dir;
-    cfg->sync = STORE_SYNC_PERIODIC;
-    cfg->sync_interval_ms = 50;
-    cfg->now = now;
-    cfg->err = err;
-    cfg->errlen = errlen;
-    err[0] = '\0';
-}
-
-static int
-rm_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
-{
-    (void)sb;
-    (void)type;
-    (void)ftw;
-    return remove(path);
-}
-
-static void
-rm_tree(const char *dir)
-{
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    rig_cfg(&rs->cfg, dir, STORE_SYNC_PERIODIC, 50, rs->err,
+            sizeof(rs->err));
+    rs->cfg.mem_limit = mem_limit;
+    rs->cfg.threads = 2;
+    rs->cfg.now = now;
 }
 
 static bool
@@ -276,40 +163,29 @@ copy_file(const char *from, const char *to)
 
 /* Opens dir for building; exits the (child) process when it cannot. */
 static void
-build_open(const struct variant *vr, const char *dir, struct store **s,
-           struct store_thr **t)
+build_open(const struct variant *vr, const char *dir, struct rig_store *rs)
 {
-    const struct store_ops *ops = store_find(vr->backend);
-    struct store_cfg cfg;
-    char err[512];
-
-    cfg_init(&cfg, dir, 256ull << 20, NOW0, err, sizeof(err));
-    if (ops->open(&cfg, s) != STORE_OK || ops->attach(*s, t) != STORE_OK) {
-        fprintf(stderr, "build: %s\n", err);
+    cfg_init(rs, dir, 256ull << 20, NOW0);
+    if (!rig_store_open(rs, vr->backend, NOW0, NULL)) {
+        fprintf(stderr, "build: %s\n", rs->err);
         _exit(2);
     }
 }
 
 /* Sets keys [from, to) to generation 1; exits the child on failure. */
 static uint64_t
-build_set(const struct variant *vr, struct store_thr *t, unsigned from,
-          unsigned to, char *buf)
+build_set(struct rig_store *rs, unsigned from, unsigned to, char *buf)
 {
-    const struct store_ops *ops = store_find(vr->backend);
-    struct store_call c = { NOW0, NULL, NULL, false };
     uint64_t bytes = 0;
 
     for (unsigned k = from; k < to; k++) {
         char name[32];
         size_t len = val_gen(k, 1, false, buf);
-        struct store_key key = { name, 0 };
-        struct store_item in = { buf, (uint32_t)len, val_flags(k, 1),
-                                 key_exptime(k), 0, NULL };
         uint64_t cas = 0;
 
         key_name(k, false, name, sizeof(name));
-        key.len = strlen(name);
-        if (ops->store(t, &c, STORE_SET, &key, &in, &cas) != STORE_OK) {
+        if (rig_set(rs, name, buf, len, val_flags(k, 1), key_exptime(k),
+                    &cas) != STORE_OK) {
             _exit(3);
         }
         bytes += len;
@@ -327,38 +203,30 @@ build_set(const struct variant *vr, struct store_thr *t, unsigned from,
 static uint64_t
 build_base(const struct variant *vr, const char *dir)
 {
-    const struct store_ops *ops = store_find(vr->backend);
     char live[300];
     char base[300];
-    uint64_t *bytes = mmap(NULL, sizeof(*bytes), PROT_READ | PROT_WRITE,
-                           MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    uint64_t *bytes = rig_shared(sizeof(*bytes));
     uint64_t total;
-    int status;
     pid_t pid;
 
-    ck_assert_ptr_ne(bytes, MAP_FAILED);
     snprintf(live, sizeof(live), "%s/live", dir);
     snprintf(base, sizeof(base), "%s/base", dir);
     ck_assert_int_eq(mkdir(base, 0700), 0);
-    fflush(stdout);
-    pid = fork();
-    ck_assert_int_ge(pid, 0);
+    pid = rig_fork();
     if (pid == 0) {
-        struct store *s = NULL;
-        struct store_thr *t = NULL;
+        struct rig_store rs;
         char *buf = malloc(VMAX);
         unsigned split = vr->open_copy ? NKEYS - NWAL : NKEYS;
 
         if (buf == NULL) {
             _exit(2);
         }
-        build_open(vr, live, &s, &t);
-        *bytes += build_set(vr, t, 0, split, buf);
-        ops->detach(&t);
-        ops->close(&s);
+        build_open(vr, live, &rs);
+        *bytes += build_set(&rs, 0, split, buf);
+        rig_store_close(&rs);
         if (vr->open_copy) {
-            build_open(vr, live, &s, &t);
-            *bytes += build_set(vr, t, split, NKEYS, buf);
+            build_open(vr, live, &rs);
+            *bytes += build_set(&rs, split, NKEYS, buf);
         }
         /* Open: what a crash would leave, the last commits in the WAL. */
         for (unsigned f = 0; f < MAXFILES && vr->files[f] != NULL; f++) {
@@ -373,69 +241,38 @@ build_base(const struct variant *vr, const char *dir)
         }
         _exit(0);
     }
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "%s: building the store failed (0x%x)", vr->name, status);
-    rm_tree(live);
+    rig_wait_ok(pid, "%s: building the store", vr->name);
+    tu_rm_tree(live);
     total = *bytes;
     munmap(bytes, sizeof(*bytes));
     return total;
 }
 
 /* What one check found (shared with the child). */
-enum ex_kind { EX_CRASH, EX_HANG, EX_WRONG, EX_OTHER, EX_NKINDS };
-static const char *const ex_names[EX_NKINDS] = {
-    "crash", "hang", "wrong", "other",
-};
-
 struct result {
-    int      done;
-    int      refused;
-    int      named;
-    char     refmsg[400];
-    unsigned wrong;
-    unsigned absent;        /* stored keys not served */
-    unsigned rderr;
-    unsigned set_fail;
-    unsigned set_lost;      /* own sets not read back */
-    char     ex[EXLEN];
+    int                done;
+    struct rig_refusal ref;
+    unsigned           wrong;
+    unsigned           absent;        /* stored keys not served */
+    unsigned           rderr;
+    unsigned           set_fail;
+    unsigned           set_lost;      /* own sets not read back */
+    char               ex[RIG_EXLEN];
 };
-
-/* Whether msg names a file inside dir ("dir/name..."). */
-static bool
-names_file(const char *msg, const char *dir)
-{
-    size_t n = strlen(dir);
-
-    for (const char *p = strstr(msg, dir); p != NULL;
-         p = strstr(p + 1, dir)) {
-        if (p[n] == '/' && p[n + 1] != '\0' && p[n + 1] != ' ' &&
-            p[n + 1] != ':') {
-            return true;
-        }
-    }
-    return false;
-}
 
 static void
 res_wrong(struct result *res, const char *name, const struct store_item *it,
           const char *why)
 {
     char shown[40];
-    size_t n = it->len < sizeof(shown) - 1 ? it->len : sizeof(shown) - 1;
 
     res->wrong++;
     if (res->ex[0] != '\0') {
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        char ch = ((const char *)it->data)[i];
-
-        shown[i] = ch >= 32 && ch < 127 ? ch : '.';
-    }
-    shown[n] = '\0';
     snprintf(res->ex, sizeof(res->ex), "%s: %s (%u bytes \"%s...\")", name,
-             why, it->len, shown);
+             why, it->len, rig_shown(it->data, it->len, shown,
+                                     sizeof(shown)));
 }
 
 /* Checks a served value against value(k, gen) and its metadata. */
@@ -477,46 +314,30 @@ static void
 check_copy(const char *backend, const char *dir, uint64_t mem_limit,
            struct result *res)
 {
-    const struct store_ops *ops = store_find(backend);
-    struct store_cfg cfg;
-    struct store *s = NULL;
-    struct store_thr *t = NULL;
-    struct sink sk = { { sink_reserve }, NULL, 0 };
-    struct store_call c = { NOW_CHECK, &sk.base, NULL, false };
-    char err[512];
+    struct rig_store rs;
     char *buf = malloc(VMAX);
     bool set_ok[NSETS];
     struct timespec nap = { SETTLE_MS / 1000,
                             (SETTLE_MS % 1000) * 1000L * 1000L };
     store_rc_e rc;
 
-    cfg_init(&cfg, dir, mem_limit, NOW_CHECK, err, sizeof(err));
-    rc = ops->open(&cfg, &s);
-    if (rc != STORE_OK) {
-        res->refused = 1;
-        res->named = names_file(err, dir);
-        snprintf(res->refmsg, sizeof(res->refmsg), "%s: %.300s",
-                 store_strerror(rc), err);
-        return;
-    }
-    if (ops->attach(s, &t) != STORE_OK) {
-        snprintf(res->ex, sizeof(res->ex), "attach failed");
-        res->set_fail++;
-        ops->close(&s);
+    cfg_init(&rs, dir, mem_limit, NOW_CHECK);
+    if (!rig_store_open(&rs, backend, NOW_CHECK, &res->ref)) {
+        if (!res->ref.refused) {
+            snprintf(res->ex, sizeof(res->ex), "attach failed");
+            res->set_fail++;
+        }
         return;
     }
     for (unsigned k = 0; k < NKEYS; k++) {
         char name[32];
-        struct store_key key = { name, 0 };
         struct store_item it;
 
         key_name(k, false, name, sizeof(name));
-        key.len = strlen(name);
-        memset(&it, 0, sizeof(it));
-        rc = ops->get(t, &c, &key, NULL, &it);
+        rc = rig_get(&rs, name, &it);
         if (rc == STORE_OK) {
             check_value(res, k, 1, false, &it, buf);
-            ops->release(t, &it);
+            rig_release(&rs, &it);
         } else if (rc == STORE_ENOENT) {
             res->absent += key_exptime(k) == 0;
         } else {
@@ -529,14 +350,10 @@ check_copy(const char *backend, const char *dir, uint64_t mem_limit,
         unsigned k = fresh ? i : i * 61 % NKEYS;
         char name[32];
         size_t len = val_gen(k, 2, fresh, buf);
-        struct store_key key = { name, 0 };
-        struct store_item in = { buf, (uint32_t)len, val_flags(k, 2), 0, 0,
-                                 NULL };
         uint64_t cas = 0;
 
         key_name(k, fresh, name, sizeof(name));
-        key.len = strlen(name);
-        rc = ops->store(t, &c, STORE_SET, &key, &in, &cas);
+        rc = rig_set(&rs, name, buf, len, val_flags(k, 2), 0, &cas);
         set_ok[i] = rc == STORE_OK;
         res->set_fail += !set_ok[i];
     }
@@ -545,13 +362,10 @@ check_copy(const char *backend, const char *dir, uint64_t mem_limit,
         bool fresh = i % 2 == 1;
         unsigned k = fresh ? i : i * 61 % NKEYS;
         char name[32];
-        struct store_key key = { name, 0 };
         struct store_item it;
 
         key_name(k, fresh, name, sizeof(name));
-        key.len = strlen(name);
-        memset(&it, 0, sizeof(it));
-        rc = ops->get(t, &c, &key, NULL, &it);
+        rc = rig_get(&rs, name, &it);
         if (rc == STORE_OK) {
             /* A failed set may have left the old value, nothing else. */
             if (set_ok[i] || fresh) {
@@ -559,92 +373,34 @@ check_copy(const char *backend, const char *dir, uint64_t mem_limit,
             } else {
                 check_value(res, k, 1, false, &it, buf);
             }
-            ops->release(t, &it);
+            rig_release(&rs, &it);
         } else if (set_ok[i]) {
             res->set_lost++;
         }
     }
-    ops->detach(&t);
-    ops->close(&s);
-    free(sk.buf);
+    rig_store_close(&rs);
     free(buf);
 }
 
 /* The driver. */
 
 struct tally {
-    unsigned trials;
-    unsigned opened;
-    unsigned refused;
-    unsigned unnamed;
-    unsigned crashes;
-    unsigned hangs;
+    struct rig_tally r;     /* how the trials ended */
     unsigned wrong;         /* trials that served a wrong value */
     unsigned wrong_vals;
     unsigned rderr;         /* trials with read errors */
     unsigned set_fail;      /* trials where a set failed */
     unsigned set_lost;
     unsigned absent;        /* trials missing live keys (evicted, lost) */
-    unsigned slow;          /* trials over 2 s */
-    double   max_ms;
     unsigned by_kind[DMG_NKINDS][4]; /* opened, refused, crash+hang, wrong */
     unsigned by_file[MAXFILES][4];   /* the same, by the file damaged */
-    unsigned nref;
-    char     ref[EXN][EXLEN];
-    unsigned nex[EX_NKINDS];
-    char     ex[EX_NKINDS][EXN][EXLEN];
 };
 
+/* What a pool slot is checking. */
 struct slot {
-    pid_t           pid;
-    struct timespec start;
-    struct trial    tr;
-    unsigned        id;
-    struct result  *res;
-    char            dir[300];
-    char            data[320];
+    struct trial tr;
+    unsigned     id;
 };
-
-static void
-tally_ex(struct tally *t, enum ex_kind kind, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void
-tally_ex(struct tally *t, enum ex_kind kind, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (t->nex[kind] >= EXN) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(t->ex[kind][t->nex[kind]++], EXLEN, fmt, ap);
-    va_end(ap);
-}
-
-/* The line of a crashed child's stderr that says why, if any. */
-static void
-crash_line(const char *dir, char *out, size_t cap)
-{
-    char path[400];
-    char buf[4096];
-    FILE *f;
-
-    out[0] = '\0';
-    snprintf(path, sizeof(path), "%s/stderr", dir);
-    f = fopen(path, "r");
-    if (f == NULL) {
-        return;
-    }
-    while (fgets(buf, sizeof(buf), f) != NULL) {
-        buf[strcspn(buf, "\n")] = '\0';
-        if (out[0] == '\0' || strstr(buf, "ssert") != NULL ||
-            strstr(buf, "ERROR") != NULL) {
-            snprintf(out, cap, "%.200s", buf);
-        }
-    }
-    fclose(f);
-}
 
 static void
 trial_name(const struct variant *vr, const struct slot *sl, char *buf,
@@ -669,91 +425,43 @@ trial_name(const struct variant *vr, const struct slot *sl, char *buf,
     }
 }
 
+/* With STASHD_CORRUPT_KEEP: keeps slot i's copy, the first of each kind. */
 static void
-keep_copy(const struct slot *sl, const char *what)
+keep_copy(const struct rig_pool *pool, int i, unsigned id, const char *what)
 {
-    static char kept[8][16];
-    char cmd[800];
-    unsigned i;
+    char to[160];
 
-    if (env_uint("STASHD_CORRUPT_KEEP", 0) == 0) {
-        return;
-    }
-    for (i = 0; i < 8 && kept[i][0] != '\0'; i++) {
-        if (strcmp(kept[i], what) == 0) {
-            return;
-        }
-    }
-    if (i == 8) {
-        return;
-    }
-    snprintf(kept[i], sizeof(kept[i]), "%s", what);
-    snprintf(cmd, sizeof(cmd), "cp -r '%s/pristine' "
-             "'/tmp/stashd-corrupt-kept-%d-%u-%s'", sl->dir, (int)getpid(),
-             sl->id, what);
-    if (system(cmd) == 0) {
-        printf("kept trial %u (%s) in /tmp/stashd-corrupt-kept-%d-%u-%s\n",
-               sl->id, what, (int)getpid(), sl->id, what);
+    if (rig_env_uint("STASHD_CORRUPT_KEEP", 0) != 0 &&
+        rig_keep(pool, i, "stashd-corrupt", id, what, to, sizeof(to))) {
+        printf("kept trial %u (%s) in %s\n", id, what, to);
     }
 }
 
+/* Folds the outcome of the child rp reaped into t. */
 static void
-slot_done(const struct variant *vr, const struct slot *sl, int status,
-          unsigned timeout_s, struct tally *t)
+slot_done(const struct variant *vr, const struct rig_pool *pool,
+          const struct slot *slots, struct rig_reaped rp, struct tally *t)
 {
-    const struct result *res = sl->res;
+    const struct slot *sl = &slots[rp.slot];
+    const struct result *res = pool->s[rp.slot].res;
     unsigned *bk = t->by_kind[sl->tr.kind];
     unsigned *bf = t->by_file[sl->tr.file];
     char at[160];
-    char why[EXLEN];
-    struct timespec now;
-    double ms;
+    enum rig_end end;
 
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    ms = (double)(now.tv_sec - sl->start.tv_sec) * 1e3 +
-         (double)(now.tv_nsec - sl->start.tv_nsec) / 1e6;
-    t->max_ms = ms > t->max_ms ? ms : t->max_ms;
-    t->slow += ms > 2000.0;
     trial_name(vr, sl, at, sizeof(at));
-    t->trials++;
-    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) {
-        t->hangs++;
+    end = rig_tally_end(&t->r, pool, &rp, res->done, &res->ref, at);
+    if (end == RIG_HUNG || end == RIG_CRASHED) {
         bk[2]++;
         bf[2]++;
-        tally_ex(t, EX_HANG, "%s: no answer in %u s", at, timeout_s);
-        keep_copy(sl, "hang");
+        keep_copy(pool, rp.slot, sl->id, end == RIG_HUNG ? "hang" : "crash");
         return;
     }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !res->done) {
-        crash_line(sl->dir, why, sizeof(why));
-        t->crashes++;
-        bk[2]++;
-        bf[2]++;
-        if (WIFSIGNALED(status)) {
-            tally_ex(t, EX_CRASH, "%s: signal %d (%s) %s", at,
-                     WTERMSIG(status), strsignal(WTERMSIG(status)), why);
-        } else {
-            tally_ex(t, EX_CRASH, "%s: exit %d %s", at,
-                     WIFEXITED(status) ? WEXITSTATUS(status) : -1, why);
-        }
-        keep_copy(sl, "crash");
-        return;
-    }
-    if (res->refused) {
-        t->refused++;
+    if (end == RIG_REFUSED) {
         bk[1]++;
         bf[1]++;
-        if (!res->named) {
-            t->unnamed++;
-            tally_ex(t, EX_OTHER, "%s: refused without naming the file: %s",
-                     at, res->refmsg);
-        }
-        if (t->nref < EXN) {
-            snprintf(t->ref[t->nref++], EXLEN, "%.300s", res->refmsg);
-        }
         return;
     }
-    t->opened++;
     bk[0]++;
     bf[0]++;
     if (res->wrong > 0) {
@@ -761,37 +469,16 @@ slot_done(const struct variant *vr, const struct slot *sl, int status,
         bk[3]++;
         bf[3]++;
         t->wrong_vals += res->wrong;
-        tally_ex(t, EX_WRONG, "%s: %u wrong, e.g. %s", at, res->wrong,
-                 res->ex);
-        keep_copy(sl, "wrong");
+        rig_ex_add(&t->r.ex[RIG_WRONG], "%s: %u wrong, e.g. %s", at,
+                   res->wrong, res->ex);
+        keep_copy(pool, rp.slot, sl->id, "wrong");
     } else if (res->ex[0] != '\0') {
-        tally_ex(t, EX_OTHER, "%s: %s", at, res->ex);
+        rig_ex_add(&t->r.ex[RIG_OTHER], "%s: %s", at, res->ex);
     }
     t->rderr += res->rderr > 0;
     t->set_fail += res->set_fail > 0;
     t->set_lost += res->set_lost > 0;
     t->absent += res->absent > 0;
-}
-
-static void
-reap(const struct variant *vr, struct slot *slots, unsigned timeout_s,
-     struct tally *t)
-{
-    int status;
-    pid_t pid;
-
-    do {
-        pid = waitpid(-1, &status, 0);
-    } while (pid < 0 && errno == EINTR);
-    ck_assert_int_gt(pid, 0);
-    for (int i = 0; i < NSLOTS; i++) {
-        if (slots[i].pid == pid) {
-            slot_done(vr, &slots[i], status, timeout_s, t);
-            slots[i].pid = 0;
-            return;
-        }
-    }
-    ck_abort_msg("reaped an unknown child %d", (int)pid);
 }
 
 /* The store's files, read once. */
@@ -860,7 +547,7 @@ write_damaged(const struct variant *vr, const struct file *files,
                 uint64_t s = tr->rnd;
 
                 for (size_t i = 0; i < n; i++) {
-                    p[at + i] = (unsigned char)rng_next(&s);
+                    p[at + i] = (unsigned char)rig_rng_next(&s);
                 }
             } else {
                 memset(p + at, 0, n);
@@ -916,9 +603,9 @@ make_trials(const struct variant *vr, const struct file *files,
 
             t->file = f;
             t->kind = (damage_e)(i % DMG_NKINDS);
-            t->off = rng_next(&s) % files[f].len;
-            t->rnd = rng_next(&s);
-            t->len = 1 + (unsigned)(rng_next(&s) % 16);
+            t->off = rig_rng_next(&s) % files[f].len;
+            t->rnd = rig_rng_next(&s);
+            t->len = 1 + (unsigned)(rig_rng_next(&s) % 16);
             if (t->kind == DMG_PAGE) {
                 t->off -= t->off % PAGE;
             } else if (t->kind == DMG_SECTOR) {
@@ -942,10 +629,10 @@ print_tally(const struct variant *vr, const struct tally *t,
            "file), %u crashes, %u hangs, %u served wrong values (%u "
            "values); %u with read errors, %u with failed sets, %u lost own "
            "sets, %u missing stored keys (evicted or lost); %u trials over "
-           "2 s, longest %.0f ms\n", t->trials, t->opened, t->refused,
-           t->unnamed, t->crashes, t->hangs, t->wrong, t->wrong_vals,
-           t->rderr, t->set_fail, t->set_lost, t->absent, t->slow,
-           t->max_ms);
+           "2 s, longest %.0f ms\n", t->r.checks, t->r.opened, t->r.refused,
+           t->r.unnamed, t->r.crashes, t->r.hangs, t->wrong, t->wrong_vals,
+           t->rderr, t->set_fail, t->set_lost, t->absent, t->r.slow,
+           t->r.max_ms);
     for (int k = 0; k < DMG_NKINDS; k++) {
         const unsigned *b = t->by_kind[k];
 
@@ -961,27 +648,20 @@ print_tally(const struct variant *vr, const struct tally *t,
         printf("  %-18s opened %3u, refused %3u, crashed or hung %3u, "
                "wrong values %3u\n", vr->files[f], b[0], b[1], b[2], b[3]);
     }
-    for (unsigned i = 0; i < t->nref; i++) {
-        printf("  refusal: %s\n", t->ref[i]);
-    }
-    for (int k = 0; k < EX_NKINDS; k++) {
-        for (unsigned i = 0; i < t->nex[k]; i++) {
-            printf("  %s: %s\n", ex_names[k], t->ex[k][i]);
-        }
-    }
+    rig_tally_print_ex(&t->r, "  ");
     fflush(stdout);
 }
 
 START_TEST(corrupt)
 {
     const struct variant *vr = &variants[_i];
-    const char *tmp = getenv("TMPDIR");
     const char *seedv = getenv("STASHD_CORRUPT_SEED");
     uint64_t seed = seedv != NULL ? strtoull(seedv, NULL, 0) : 1;
-    unsigned scale = env_uint("STASHD_CORRUPT_TRIALS", 0);
-    unsigned timeout_s = env_uint("STASHD_CORRUPT_TIMEOUT", TIMEOUT_S);
-    bool keep = env_uint("STASHD_CORRUPT_KEEP", 0) != 0;
+    unsigned scale = rig_env_uint("STASHD_CORRUPT_TRIALS", 0);
+    unsigned timeout_s = rig_env_uint("STASHD_CORRUPT_TIMEOUT", TIMEOUT_S);
+    bool keep = rig_env_uint("STASHD_CORRUPT_KEEP", 0) != 0;
     struct file files[MAXFILES];
+    struct rig_pool pool;
     struct slot slots[NSLOTS];
     struct tally t;
     struct trial *tr;
@@ -990,16 +670,12 @@ START_TEST(corrupt)
     char dir[256];
     time_t t0 = time(NULL);
 
-    if (!selected(vr->name)) {
+    if (!rig_selected("STASHD_CORRUPT_CASES", vr->name)) {
         return;
     }
     memset(&t, 0, sizeof(t));
     memset(files, 0, sizeof(files));
-    if (tmp == NULL || *tmp == '\0' || strlen(tmp) > 200) {
-        tmp = "/tmp";
-    }
-    snprintf(dir, sizeof(dir), "%s/stashd-corrupt-XXXXXX", tmp);
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    rig_mkdtemp(dir, sizeof(dir), "stashd-corrupt");
     bytes = build_base(vr, dir);
     for (unsigned f = 0; f < MAXFILES && vr->files[f] != NULL; f++) {
         char path[400];
@@ -1009,111 +685,52 @@ START_TEST(corrupt)
     }
     tr = make_trials(vr, files, seed + (uint64_t)_i, scale, &ntr);
     memset(slots, 0, sizeof(slots));
-    for (int i = 0; i < NSLOTS; i++) {
-        slots[i].res = mmap(NULL, sizeof(struct result),
-                            PROT_READ | PROT_WRITE,
-                            MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        ck_assert_ptr_ne(slots[i].res, MAP_FAILED);
-        snprintf(slots[i].dir, sizeof(slots[i].dir), "%s/slot%d", dir, i);
-        snprintf(slots[i].data, sizeof(slots[i].data), "%s/slot%d/d",
-                 dir, i);
-        ck_assert_int_eq(mkdir(slots[i].dir, 0700), 0);
-    }
+    rig_pool_init(&pool, NSLOTS, dir, sizeof(struct result), timeout_s,
+                  2000.0);
     for (unsigned j = 0; j < ntr; j++) {
-        struct slot *sl = NULL;
-        pid_t pid;
+        int i;
 
-        while (sl == NULL) {
-            for (int i = 0; i < NSLOTS && sl == NULL; i++) {
-                if (slots[i].pid == 0) {
-                    sl = &slots[i];
-                }
-            }
-            if (sl == NULL) {
-                reap(vr, slots, timeout_s, &t);
-            }
+        while ((i = rig_pool_idle(&pool)) < 0) {
+            slot_done(vr, &pool, slots, rig_pool_reap(&pool), &t);
         }
-        rm_tree(sl->data);
-        ck_assert_int_eq(mkdir(sl->data, 0700), 0);
-        write_damaged(vr, files, &tr[j], sl->data);
+        rig_pool_fresh(&pool, i);
+        write_damaged(vr, files, &tr[j], pool.s[i].data);
         if (keep) {
-            char cmd[1200];
-
-            snprintf(cmd, sizeof(cmd), "rm -rf '%s/pristine' && cp -r '%s' "
-                     "'%s/pristine'", sl->dir, sl->data, sl->dir);
-            ck_assert_int_eq(system(cmd), 0);
+            rig_pool_pristine(&pool, i);
         }
-        sl->tr = tr[j];
-        sl->id = j;
-        memset(sl->res, 0, sizeof(*sl->res));
-        fflush(stdout);
-        fflush(stderr);
-        pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-            char errpath[400];
-            int fd;
+        slots[i].tr = tr[j];
+        slots[i].id = j;
+        if (rig_pool_fork(&pool, i) == 0) {
+            struct result *res = pool.s[i].res;
 
-            snprintf(errpath, sizeof(errpath), "%s/stderr", sl->dir);
-            fd = open(errpath, O_CREAT | O_TRUNC | O_WRONLY, 0600);
-            if (fd >= 0) {
-                dup2(fd, 2);
-                close(fd);
-            }
-            /* Check's SIGALRM handler would kill the whole group. */
-            signal(SIGALRM, SIG_DFL);
-            alarm(timeout_s);
             /* Below what is stored: the store evicts while it runs. */
-            check_copy(vr->backend, sl->data, bytes * 9 / 10, sl->res);
-            sl->res->done = 1;
+            check_copy(vr->backend, pool.s[i].data, bytes * 9 / 10, res);
+            res->done = 1;
             _exit(0);
         }
-        sl->pid = pid;
-        clock_gettime(CLOCK_MONOTONIC, &sl->start);
     }
-    for (int i = 0; i < NSLOTS; i++) {
-        while (slots[i].pid != 0) {
-            reap(vr, slots, timeout_s, &t);
-        }
+    while (rig_pool_busy(&pool)) {
+        slot_done(vr, &pool, slots, rig_pool_reap(&pool), &t);
     }
     print_tally(vr, &t, files, (long)(time(NULL) - t0));
-    for (int i = 0; i < NSLOTS; i++) {
-        munmap(slots[i].res, sizeof(struct result));
-    }
+    rig_pool_deinit(&pool);
     for (unsigned f = 0; f < MAXFILES; f++) {
         free(files[f].p);
     }
     free(tr);
-    rm_tree(dir);
-    ck_assert_msg(t.crashes + t.hangs + t.wrong + t.unnamed == 0,
+    tu_rm_tree(dir);
+    ck_assert_msg(t.r.crashes + t.r.hangs + t.wrong + t.r.unnamed == 0,
                   "%s: %u crashes, %u hangs, %u trials served wrong values, "
-                  "%u refusals without the file's name", vr->name, t.crashes,
-                  t.hangs, t.wrong, t.unnamed);
+                  "%u refusals without the file's name", vr->name,
+                  t.r.crashes, t.r.hangs, t.wrong, t.r.unnamed);
 }
 END_TEST
-
-static Suite *
-corrupt_suite(void)
-{
-    Suite *s = suite_create("store_corrupt");
-    TCase *tc = tcase_create("corrupt");
-    unsigned scale = env_uint("STASHD_CORRUPT_TRIALS", 0);
-
-    /* Hangs cost their timeout; ASan is slower; long mode scales. */
-    tcase_set_timeout(tc, 300.0 + scale * 2.0);
-    tcase_add_loop_test(tc, corrupt, 0, NVARIANTS);
-    suite_add_tcase(s, tc);
-    return s;
-}
 
 int
 main(void)
 {
-    SRunner *sr = srunner_create(corrupt_suite());
-    int failed;
+    unsigned scale = rig_env_uint("STASHD_CORRUPT_TRIALS", 0);
 
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    /* Hangs cost their timeout; ASan is slower; long mode scales. */
+    return rig_run("store_corrupt", corrupt, NVARIANTS, 300.0 + scale * 2.0);
 }

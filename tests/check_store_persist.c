@@ -14,10 +14,10 @@
  * check_store_lmdb.c and check_store_sqlite.c. Every test works in its own
  * mkdtemp directory and removes it.
  */
+#include "tests/fault_util.h"
 #include "tests/persist_util.h"
 
 #include <check.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -82,20 +82,7 @@ static _Atomic int failed_syncs;
 static bool
 sync_fails(int fd)
 {
-    char link[64];
-    char path[256];
-    ssize_t n;
-
-    if (!atomic_load(&fail_syncs)) {
-        return false;
-    }
-    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-    n = readlink(link, path, sizeof(path) - 1);
-    if (n <= 0) {
-        return false;
-    }
-    path[n] = '\0';
-    if (strncmp(path, fail_dir, strlen(fail_dir)) != 0) {
+    if (!atomic_load(&fail_syncs) || !fault_fd_under(fd, fail_dir)) {
         return false;
     }
     atomic_fetch_add(&failed_syncs, 1);
@@ -103,39 +90,7 @@ sync_fails(int fd)
     return true;
 }
 
-typedef int (*sync_fn)(int fd);
-
-static int
-real_sync(const char *name, int fd)
-{
-    sync_fn fn = (sync_fn)dlsym(RTLD_NEXT, name);
-
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    return fn(fd);
-}
-
-int
-fsync(int fd)
-{
-    if (sync_fails(fd)) {
-        errno = EIO;
-        return -1;
-    }
-    return real_sync("fsync", fd);
-}
-
-int
-fdatasync(int fd)
-{
-    if (sync_fails(fd)) {
-        errno = EIO;
-        return -1;
-    }
-    return real_sync("fdatasync", fd);
-}
+FAULT_SYNC_INTERPOSERS(sync_fails)
 
 /* ------------------------------------------------------- the test cases */
 
@@ -393,16 +348,11 @@ START_TEST(truncated_file_refused)
     struct pt *t = pt_new(be->ops);
     char path[128];
     char val[3000];
-    char key[32];
     struct stat st;
 
     memset(val, 'q', sizeof(val));
     pt_open(t);
-    for (int i = 0; i < 200; i++) {
-        snprintf(key, sizeof(key), "k%d", i);
-        ck_assert_int_eq(pt_put(t, key, val, sizeof(val), 0, 0, NULL),
-                         STORE_OK);
-    }
+    pt_fill(t, "k%d", 200, val, sizeof(val));
     pt_close(t);
     pt_path(t, be->file, path, sizeof(path));
     ck_assert_int_eq(stat(path, &st), 0);
@@ -558,11 +508,7 @@ START_TEST(limit_evicts_lru)
     t->cfg.mem_limit = 2 * MB;
     pt_open(t);
     /* ~0.9 of the limit in 1800 items. */
-    for (int i = 0; i < 1800; i++) {
-        snprintf(key, sizeof(key), "k%04d", i);
-        ck_assert_int_eq(pt_put(t, key, val, sizeof(val), 0, 0, NULL),
-                         STORE_OK);
-    }
+    pt_fill(t, "k%04d", 1800, val, sizeof(val));
     t->ops->stats(t->thr, &st);
     ck_assert_uint_eq(st.evictions, 0);
     /* Two minutes later, every tenth item is read: its recency refreshes. */
@@ -581,11 +527,7 @@ START_TEST(limit_evicts_lru)
     }
     ck_assert_uint_eq(pt_stat(t, "recency_refreshes"), 180);
     /* Half the limit again in new items. */
-    for (int i = 0; i < 1000; i++) {
-        snprintf(key, sizeof(key), "n%04d", i);
-        ck_assert_int_eq(pt_put(t, key, val, sizeof(val), 0, 0, NULL),
-                         STORE_OK);
-    }
+    pt_fill(t, "n%04d", 1000, val, sizeof(val));
     t->ops->stats(t->thr, &st);
     ck_assert_uint_le(st.bytes, 2 * MB);
     ck_assert_uint_gt(st.evictions, 500);
@@ -618,17 +560,12 @@ START_TEST(smaller_limit_after_reopen_trims)
     struct pt *t = pt_new(backends[_i].ops);
     struct store_stats st;
     char val[8000];
-    char key[32];
 
     /* 8 MB in few items: what is trimmed is the point, not commits. */
     memset(val, 'z', sizeof(val));
     t->cfg.mem_limit = 64 * MB;
     pt_open(t);
-    for (int i = 0; i < 1000; i++) {
-        snprintf(key, sizeof(key), "k%05d", i);
-        ck_assert_int_eq(pt_put(t, key, val, sizeof(val), 0, 0, NULL),
-                         STORE_OK);
-    }
+    pt_fill(t, "k%05d", 1000, val, sizeof(val));
     pt_close(t);
     /* Reopened with 1/8 of what it holds: trimmed in the background. */
     t->cfg.mem_limit = 1 * MB;
@@ -784,6 +721,24 @@ twait_for(struct twait *tw, int n)
     return atomic_load(&tw->done);
 }
 
+/*
+ * A SET of k to in with tw as the wait struct (its count at 0): it must
+ * succeed, be left pending, and be completed exactly once.
+ */
+static void
+set_completes_once(struct pt *t, struct twait *tw, const struct store_key *k,
+                   const struct store_item *in)
+{
+    uint64_t cas = 0;
+
+    t->c.wait = &tw->base;
+    t->c.pending = false;
+    ck_assert_int_eq(t->ops->store(t->thr, &t->c, STORE_SET, k, in, &cas),
+                     STORE_OK);
+    ck_assert(t->c.pending);
+    ck_assert_int_eq(twait_for(tw, 1), 1);
+}
+
 START_TEST(sync_always_completes_once)
 {
     struct pt *t = pt_new(backends[_i].ops);
@@ -797,12 +752,7 @@ START_TEST(sync_always_completes_once)
     t->cfg.sync = STORE_SYNC_ALWAYS;
     pt_open(t);
     syncs0 = pt_stat(t, "sync_count");
-    t->c.wait = &tw.base;
-    t->c.pending = false;
-    ck_assert_int_eq(t->ops->store(t->thr, &t->c, STORE_SET, &k, &in, &cas),
-                     STORE_OK);
-    ck_assert(t->c.pending);
-    ck_assert_int_eq(twait_for(&tw, 1), 1);
+    set_completes_once(t, &tw, &k, &in);
     ck_assert_uint_gt(pt_stat(t, "sync_count"), syncs0);
     /* A write that changes nothing needs no sync: not pending. */
     t->c.pending = false;
@@ -877,12 +827,7 @@ START_TEST(failed_sync_reported)
     snprintf(fail_dir, sizeof(fail_dir), "%s/", t->dir);
     atomic_store(&fail_syncs, true);
 
-    t->c.wait = &tw.base;
-    t->c.pending = false;
-    ck_assert_int_eq(t->ops->store(t->thr, &t->c, STORE_SET, &k, &in, &cas),
-                     STORE_OK);
-    ck_assert(t->c.pending);
-    ck_assert_int_eq(twait_for(&tw, 1), 1);
+    set_completes_once(t, &tw, &k, &in);
     ck_assert_int_eq(atomic_load(&tw.rc), STORE_EIO);
     ck_assert_int_gt(atomic_load(&failed_syncs), 0);
     /* Every later write fails at once, whether it would wait or not. */

@@ -2,20 +2,21 @@
  * Helpers for the backend conformance suite: open any backend through
  * storage.h alone in a fresh temporary data directory, drive it with short
  * calls, and on close check that every successful get was released once and
- * remove the directory. Nothing here knows a backend's internals, so a new
- * backend joins the suite by adding one row to its table. Header-only
- * (static inline): each test program is one file (check_conformance.c;
- * persist_util.h builds on its sink for the persistent backends' tests).
+ * remove the directory; and run a test program's suite. Nothing here knows
+ * a backend's internals, so a new backend joins the suite by adding one row
+ * to its table. Header-only (static inline): each test program is one file
+ * (check_conformance.c; persist_util.h builds on its sink and runner for
+ * the persistent backends' tests, rig_util.h on its configuration and
+ * runner for the fault rigs).
  */
 #ifndef STASHD_TESTS_CONFORMANCE_H
 #define STASHD_TESTS_CONFORMANCE_H
 
 #include "storage/storage.h"
+#include "tests/util.h"
 
 #include <check.h>
-#include <ftw.h>
 #include <stdio.h>
-#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,17 +152,6 @@ conformance_open(const struct store_ops *ops)
     return conformance_open_cfg(ops, NULL);
 }
 
-/* nftw callback: removes one entry, children first. */
-static inline int
-conf_rm_one(const char *path, const struct stat *sb, int type,
-            struct FTW *ftw)
-{
-    (void)sb;
-    (void)type;
-    (void)ftw;
-    return remove(path);
-}
-
 /* Checks gets == releases, closes, removes the directory, frees *cfp. */
 static inline void
 conformance_close(struct conf **cfp)
@@ -175,7 +165,7 @@ conformance_close(struct conf **cfp)
     cf->ops->close(&cf->s);
     ck_assert_ptr_null(cf->s);
     conf_sink_reset(&cf->sink);
-    nftw(cf->dir, conf_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tu_rm_tree(cf->dir);
     free(cf->vbuf);
     free(cf);
     *cfp = NULL;
@@ -364,6 +354,20 @@ conf_flush(struct conf *cf, uint32_t when)
     rc = cf->ops->flush(cf->t, &cf->c, when);
     CONF_CHECK(!cf->c.pending);
     return rc;
+}
+
+/* Runs suite s, each test in its own process (CK_FORK), and frees it;
+ * the exit status of a test program. */
+static inline int
+conf_run(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
 #endif /* STASHD_TESTS_CONFORMANCE_H */

@@ -8,6 +8,8 @@
  * mode by rewriting the control file; nothing else changes behaviour.
  * Test code only: it keeps what it needs in globals.
  */
+#include "tests/fault_util.h"
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -62,21 +64,10 @@ static bool
 targeted(int fd)
 {
     const char *dir = getenv("STASHD_FAULT_DIR");
-    char link[64];
-    char path[4096];
     struct stat st;
-    ssize_t n;
 
-    if (dir == NULL || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        return false;
-    }
-    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-    n = readlink(link, path, sizeof(path) - 1);
-    if (n <= 0) {
-        return false;
-    }
-    path[n] = '\0';
-    return strncmp(path, dir, strlen(dir)) == 0;
+    return dir != NULL && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+           fault_fd_under(fd, dir);
 }
 
 /* Whether a write-family call on fd fails now; sets errno when it does. */
@@ -92,16 +83,13 @@ fail_write(int fd)
     return true;
 }
 
+/* Whether a sync of fd fails now (with EIO, FAULT_SYNC_INTERPOSERS). */
 static bool
 fail_sync(int fd)
 {
     fault_e m = mode();
 
-    if ((m != F_SYNC && m != F_WRITE) || !targeted(fd)) {
-        return false;
-    }
-    errno = EIO;
-    return true;
+    return (m == F_SYNC || m == F_WRITE) && targeted(fd);
 }
 
 #define REAL(name, type) ((type)dlsym(RTLD_NEXT, name))
@@ -165,20 +153,4 @@ pwritev64(int fd, const struct iovec *iov, int n, off_t off)
                                          off_t))(fd, iov, n, off);
 }
 
-int
-fsync(int fd)
-{
-    if (fail_sync(fd)) {
-        return -1;
-    }
-    return REAL("fsync", int (*)(int))(fd);
-}
-
-int
-fdatasync(int fd)
-{
-    if (fail_sync(fd)) {
-        return -1;
-    }
-    return REAL("fdatasync", int (*)(int))(fd);
-}
+FAULT_SYNC_INTERPOSERS(fail_sync)

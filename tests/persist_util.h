@@ -4,8 +4,8 @@
  * store on a temporary directory that outlives it, so a test can close,
  * damage a file, crash a child and open again; short put/get calls; stats
  * by name; whole files read and compared. They see storage.h only. The
- * value sink and the tree removal are conformance.h's. Header-only (static
- * inline) like conformance.h: each test program is one file.
+ * value sink is conformance.h's, the tree removal util.h's. Header-only
+ * (static inline) like conformance.h: each test program is one file.
  */
 #ifndef STASHD_TESTS_PERSIST_UTIL_H
 #define STASHD_TESTS_PERSIST_UTIL_H
@@ -14,7 +14,6 @@
 
 #include <check.h>
 #include <errno.h>
-#include <ftw.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -95,7 +94,7 @@ pt_new(const struct store_ops *ops)
 static inline void
 pt_free(struct pt *t)
 {
-    nftw(t->dir, conf_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tu_rm_tree(t->dir);
     free(t);
 }
 
@@ -163,6 +162,22 @@ pt_set(struct pt *t, const char *key, const char *val)
     store_rc_e rc = pt_put(t, key, val, strlen(val), 0, 0, NULL);
 
     ck_assert_msg(rc == STORE_OK, "set %s: %s", key, store_strerror(rc));
+}
+
+/* pt_put of keys fmt(0) .. fmt(n - 1) (fmt takes one int), each to
+ * val[0, len) and each must succeed. */
+static inline void
+pt_fill(struct pt *t, const char *fmt, int n, const void *val, size_t len)
+{
+    char key[64];
+
+    for (int i = 0; i < n; i++) {
+        store_rc_e rc;
+
+        snprintf(key, sizeof(key), fmt, i);
+        rc = pt_put(t, key, val, len, 0, 0, NULL);
+        ck_assert_msg(rc == STORE_OK, "set %s: %s", key, store_strerror(rc));
+    }
 }
 
 /*
@@ -391,19 +406,13 @@ pt_run(const char *name, const TTest *const *tests, size_t n)
 {
     Suite *s = suite_create(name);
     TCase *tc = tcase_create(name);
-    SRunner *sr;
-    int failed;
 
     tcase_set_timeout(tc, 60);
     for (size_t i = 0; i < n; i++) {
         tcase_add_test(tc, tests[i]);
     }
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return conf_run(s);
 }
 
 /*

@@ -1,7 +1,8 @@
 /*
  * Helpers shared by the tests: start the real stashd on a free loopback
- * port and stop it by pid, and blocking socket I/O with timeouts so that no
- * test can hang. Only 127.0.0.1 is ever used.
+ * port and stop it by pid, blocking socket I/O with timeouts so that no
+ * test can hang, and removal of a test's directory tree. Only 127.0.0.1 is
+ * ever used.
  */
 #ifndef STASHD_TESTS_UTIL_H
 #define STASHD_TESTS_UTIL_H
@@ -57,6 +58,10 @@ void tu_set_timeout(int fd, int ms);
  * NULL). Returns the exit status, 128 + signal, or -1 if it had to be
  * killed at the deadline. */
 int tu_run(const char *const *args, char *err, size_t cap, int timeout_ms);
+
+/* Removes dir and everything below it, links not followed; errors are
+ * ignored (a test's leftovers in /tmp must not fail it). */
+void tu_rm_tree(const char *dir);
 
 /* VmRSS of pid in kB from /proc/<pid>/status, or -1. */
 long tu_rss_kb(pid_t pid);

@@ -1,4 +1,4 @@
-/* Process and socket helpers for the integration tests. */
+/* Process, socket and file helpers for the tests. */
 #include "tests/util.h"
 
 #include <arpa/inet.h>
@@ -12,9 +12,11 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <dirent.h>
+#include <ftw.h>
 #include <stdbool.h>
 #include <unistd.h>
 
@@ -600,4 +602,20 @@ tu_bin_parse(const uint8_t *buf, size_t len, struct tu_bin *p)
     p->value = p->key + p->keylen;
     p->vlen = p->bodylen - p->extlen - p->keylen;
     return 24 + (size_t)p->bodylen;
+}
+
+/* nftw callback: removes one entry (children come first, FTW_DEPTH). */
+static int
+rm_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+    (void)sb;
+    (void)type;
+    (void)ftw;
+    return remove(path);
+}
+
+void
+tu_rm_tree(const char *dir)
+{
+    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
