@@ -136,19 +136,50 @@ free_record_ok(const MDB_val *key, const MDB_val *data, uint64_t last_pgno)
 }
 
 /*
+ * Whether a value LMDB keeps on overflow pages says so right: the pages
+ * start with a header (page number, flags with P_OVERFLOW, page count)
+ * that reads never look at but a delete trusts to free them; a damaged
+ * count there makes LMDB free garbage, forever. A value is on overflow
+ * pages exactly when it starts right after a page header (inline values
+ * sit past a leaf's node table).
+ */
+static bool
+overflow_ok(const MDB_val *data, unsigned psize, uint64_t last_pgno)
+{
+    const unsigned char *pg = (const unsigned char *)data->mv_data - 16;
+    uint64_t pgno;
+    uint32_t pages;
+    uint16_t flags;
+
+    if (data->mv_size == 0 || (uintptr_t)pg % psize != 0) {
+        return true;
+    }
+    memcpy(&pgno, pg, 8);
+    memcpy(&flags, pg + 10, 2);
+    memcpy(&pages, pg + 12, 4);
+    return (flags & 0x04) != 0 &&
+           pages == (16 - 1 + data->mv_size) / psize + 1 &&
+           pgno >= 2 && pgno + pages - 1 <= last_pgno;
+}
+
+/*
  * Walks every record of dbi (0, LMDB's free list: each record checked;
- * the items DB: each record's checksum). An LMDB error, or MDB_CORRUPTED
- * for a free-list record LMDB could not use.
+ * the items DB: each record's checksum and overflow pages). An LMDB
+ * error, or MDB_CORRUPTED for what a later commit would trip on.
  */
 static int
 walk_db(MDB_txn *txn, MDB_dbi dbi, bool items, struct walk_out *wo)
 {
     MDB_envinfo info;
+    MDB_stat est;
     MDB_cursor *cur;
     MDB_val key;
     MDB_val data;
     int rc = mdb_env_info(mdb_txn_env(txn), &info);
 
+    if (rc == 0) {
+        rc = mdb_env_stat(mdb_txn_env(txn), &est);
+    }
     if (rc == 0) {
         rc = mdb_cursor_open(txn, dbi, &cur);
     }
@@ -164,6 +195,26 @@ walk_db(MDB_txn *txn, MDB_dbi dbi, bool items, struct walk_out *wo)
         }
         if (!items) {
             continue;
+        }
+        if (!overflow_ok(&data, est.ms_psize, info.me_last_pgno)) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        /* Found again from the root: every branch key on its path is
+         * compared, which going leaf to leaf never does. */
+        if (key.mv_size == 0 || key.mv_size > STORE_KEY_MAX) {
+            rc = MDB_CORRUPTED;
+            break;
+        } else {
+            MDB_val again;
+
+            rc = mdb_get(txn, dbi, &key, &again);
+            /* Not found (which would end the walk as if clean) is
+             * damage too. */
+            if (rc != 0 || again.mv_data != data.mv_data) {
+                rc = rc != 0 && rc != MDB_NOTFOUND ? rc : MDB_CORRUPTED;
+                break;
+            }
         }
         if (lm_rec_decode(&data, &v, true) &&
             kv_sum_ok(&v.r, key.mv_data, key.mv_size, v.val, v.vlen)) {
