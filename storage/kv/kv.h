@@ -290,10 +290,16 @@ bool kv_disk_full(const char *dir, uint64_t min);
 #define KV_RESERVE_FILE "stashd.reserve"
 #define KV_RESERVE      (1024u * 1024u)
 
+/* Whether dir holds its reserve. */
+bool kv_reserve_exists(const char *dir);
+
 /* Deletes dir's reserve; true when there was one to give back. */
 bool kv_reserve_release(const char *dir);
 
-/* Makes dir's reserve unless it exists or would leave under min free. */
+/*
+ * Makes dir's reserve unless it exists: KV_RESERVE bytes, or what there is
+ * above min free if that is at least half of it.
+ */
 void kv_reserve_make(const char *dir, uint64_t min);
 
 /* Little-endian helpers for adapters' on-disk layouts. */

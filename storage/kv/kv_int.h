@@ -184,6 +184,7 @@ struct store {
     size_t           scratch_cap;
     unsigned char    hand[STORE_KEY_MAX];  /* leader only: evict position */
     size_t           hand_len;
+    bool             reserve_owed; /* leader only: a delete spent it */
 
     /* Syncer (persist_sync.c): the adapter's sync, group commit. */
     struct persist_sync ps;

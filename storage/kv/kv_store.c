@@ -497,6 +497,7 @@ kv_open(const struct kv_backend *be, const struct store_cfg *cfg,
         goto fail;
     }
     kv_reserve_make(s->dir, KV_RESERVE_SLACK);
+    s->reserve_owed = !kv_reserve_exists(s->dir);
     /* The file holds a ceiling: resume there, above every CAS in it. */
     s->cas_ceiling = s->meta.cas_max;
     atomic_init(&s->flush_cas, s->meta.flush_cas);

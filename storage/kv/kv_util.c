@@ -52,6 +52,16 @@ reserve_path(const char *dir, char *out, size_t cap)
 }
 
 bool
+kv_reserve_exists(const char *dir)
+{
+    char path[4096];
+    struct stat st;
+
+    reserve_path(dir, path, sizeof(path));
+    return stat(path, &st) == 0;
+}
+
+bool
 kv_reserve_release(const char *dir)
 {
     char path[4096];
@@ -65,18 +75,29 @@ kv_reserve_make(const char *dir, uint64_t min)
 {
     char path[4096];
     struct stat st;
+    struct statvfs sv;
+    uint64_t room;
+    off_t len;
     int fd;
 
     reserve_path(dir, path, sizeof(path));
-    if (stat(path, &st) == 0 || kv_disk_full(dir, min + KV_RESERVE)) {
+    if (stat(path, &st) == 0 || statvfs(dir, &sv) != 0) {
         return;
     }
+    /* Right after a delete spent it, the room is the reserve less what
+     * the delete wrote: most of a reserve then beats none, which would
+     * let the next writes fill the disk with no way back. */
+    room = (uint64_t)sv.f_bavail * sv.f_frsize;
+    if (room < min + KV_RESERVE / 2) {
+        return;
+    }
+    len = (off_t)(room - min < KV_RESERVE ? room - min : KV_RESERVE);
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         return;
     }
     /* Blocks really taken (a sparse file would give nothing back). */
-    if (posix_fallocate(fd, 0, KV_RESERVE) != 0 || fsync(fd) != 0) {
+    if (posix_fallocate(fd, 0, len) != 0 || fsync(fd) != 0) {
         close(fd);
         unlink(path);
         return;

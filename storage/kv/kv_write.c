@@ -919,8 +919,11 @@ frees_space(const struct kv_op *op)
  * After "the disk is full" for op (alone in its transaction): gives back
  * what the store can (the adapter's reclaim; a sync, after which pages
  * freed since the last one can be used again) and tries once more. Only
- * an op that frees space (a delete, a flush, the sweeper's) may spend the
- * reserve, so that on a full disk deletes always can.
+ * an op that frees space (a delete, a flush, the sweeper's) may then
+ * spend the reserve, so that on a full disk deletes always can; it tries
+ * at once (a reclaim first, say a checkpoint that grows the database,
+ * could take the room it just got), and the reserve is owed from then on
+ * (see reserve_owed).
  */
 static kv_err_e
 retry_nospc(struct store *s, struct kv_op *op)
@@ -938,21 +941,40 @@ retry_nospc(struct store *s, struct kv_op *op)
     e = run_txn(s, op, true);
     if (e == KV_NOSPC && frees_space(op) && kv_reserve_release(s->dir)) {
         fprintf(stderr, "stashd: %s: the disk is full: released the "
-                "%u-byte reserve so that deletes can free space\n", s->dir,
-                KV_RESERVE);
-        if (s->be->reclaim != NULL) {
-            (void)s->be->reclaim(s->b);
-        }
+                "reserve so that deletes can free space\n", s->dir);
+        s->reserve_owed = true;
         e = run_txn(s, op, true);
+        if (e == KV_NOSPC && s->be->reclaim != NULL) {
+            (void)s->be->reclaim(s->b);
+            e = run_txn(s, op, true);
+        }
     }
     return e;
+}
+
+/*
+ * While the reserve a delete spent is not back, every batch first tries
+ * to make it again: the room the delete got would otherwise go to the
+ * next writes, and a disk that fills up again without its reserve has no
+ * way back, not even after a restart. A statvfs per batch, only then.
+ */
+static void
+reserve_owed(struct store *s)
+{
+    if (s->reserve_owed) {
+        kv_reserve_make(s->dir, KV_RESERVE_SLACK);
+        s->reserve_owed = !kv_reserve_exists(s->dir);
+    }
 }
 
 /* Runs a batch; on failure reruns each op alone so only the bad one fails. */
 static void
 run_batch(struct store *s, struct kv_op *batch)
 {
-    kv_err_e e = run_txn(s, batch, batch->q.next == NULL);
+    kv_err_e e;
+
+    reserve_owed(s);
+    e = run_txn(s, batch, batch->q.next == NULL);
 
     if (e == KV_OK) {
         return;
