@@ -175,6 +175,16 @@ bin_store(struct hctx *cx, const struct proto_bin_req *rq)
     } else {
         exp = handler_exptime(rq->exptime, cx->now);
     }
+    if (m == STORE_SET && rq->cas == 0 && cx->defer != NULL &&
+        !hcore_too_large(cx, rq->keylen, flags, rq->vlen)) {
+        struct hset hs = { true, rq->quiet, rq->opcode, rq->opaque, rq->key,
+                           rq->keylen, rq->value, rq->vlen, flags, exp };
+
+        if (cx->defer->take(cx->defer, cx, &hs)) {
+            HSTAT_INC(cx->st, cmd_set);
+            return HANDLER_CONTINUE;
+        }
+    }
     rc = hcore_store(cx, m, rq->key, rq->keylen, rq->value, rq->vlen, flags,
                      exp, rq->cas, &cas);
     if ((rc == STORE_E2BIG || rc == STORE_ENOMEM) &&
@@ -200,6 +210,22 @@ bin_store(struct hctx *cx, const struct proto_bin_req *rq)
     }
     bin_fail(cx, rq, rc);
     return HANDLER_CONTINUE;
+}
+
+void
+hbin_set_reply(struct hctx *cx, uint8_t opcode, uint32_t opaque, bool quiet,
+               store_rc_e rc, uint64_t cas)
+{
+    struct proto_bin_req rq;
+
+    memset(&rq, 0, sizeof(rq));
+    rq.opcode = opcode;
+    rq.opaque = opaque;
+    if (rc != STORE_OK) {
+        bin_fail(cx, &rq, rc);
+    } else if (!quiet) {
+        bin_reply(cx, &rq, PROTO_BIN_OK, NULL, 0, NULL, 0, NULL, 0, cas);
+    }
 }
 
 static handler_act_e

@@ -3,6 +3,7 @@
  * bumped here, once, so text and binary agree on what stats say.
  */
 #include "handler/core.h"
+#include "handler/text.h"
 #include "storage/rules.h"
 
 #include <string.h>
@@ -23,6 +24,50 @@ handler_exptime(int64_t ttl, uint32_t now)
         return UINT32_MAX;
     }
     return now + (uint32_t)ttl;
+}
+
+void
+hcore_settle(struct hctx *cx, const void *key, size_t keylen)
+{
+    if (cx->defer != NULL) {
+        cx->defer->settle(cx->defer, key, keylen);
+    }
+}
+
+void
+handler_set_done(struct hctx *cx, const struct hset *hs, store_rc_e rc,
+                 uint64_t cas)
+{
+    hcore_store_count(cx, 0, rc);
+    if (rc == STORE_E2BIG || rc == STORE_ENOMEM) {
+        /* As a set run at once: the old value must not stay readable. */
+        hcore_drop(cx, hs->key, hs->keylen);
+    }
+    if (hs->bin) {
+        hbin_set_reply(cx, hs->opcode, hs->opaque, hs->quiet, rc, cas);
+    } else {
+        htext_set_reply(cx, hs->quiet, rc);
+    }
+}
+
+size_t
+handler_set_failure(const struct hset *hs, char *out)
+{
+    if (hs->bin) {
+        struct proto_bin_req rq;
+
+        memset(&rq, 0, sizeof(rq));
+        rq.opcode = hs->opcode;
+        rq.opaque = hs->opaque;
+        return handler_bin_failure(&rq, out);
+    } else {
+        struct proto_text_req rq;
+
+        memset(&rq, 0, sizeof(rq));
+        rq.cmd = PROTO_TEXT_SET;
+        rq.noreply = hs->quiet;
+        return handler_text_failure(&rq, out);
+    }
 }
 
 struct store_call
@@ -54,7 +99,14 @@ hcore_get(struct hctx *cx, const void *key, size_t keylen,
 {
     struct store_call c = hcore_call(cx);
     struct store_key k = { key, keylen };
-    store_rc_e rc = cx->ops->get(cx->thr, &c, &k, touch, out);
+    store_rc_e rc;
+
+    if (touch != NULL) {
+        hcore_settle(cx, NULL, 0);
+    } else {
+        hcore_settle(cx, key, keylen);
+    }
+    rc = cx->ops->get(cx->thr, &c, &k, touch, out);
 
     hcore_after(cx, &c);
     if (touch != NULL) {
@@ -81,6 +133,7 @@ hcore_drop(struct hctx *cx, const void *key, size_t keylen)
     struct store_call c = hcore_call(cx);
     struct store_key k = { key, keylen };
 
+    hcore_settle(cx, NULL, 0);
     (void)cx->ops->del(cx->thr, &c, &k, 0);
     hcore_after(cx, &c);
 }
@@ -99,6 +152,7 @@ hcore_store(struct hctx *cx, store_mode_e m, const void *key, size_t keylen,
     if (hcore_too_large(cx, keylen, flags, vlen)) {
         rc = STORE_E2BIG;
     } else {
+        hcore_settle(cx, NULL, 0);
         rc = cx->ops->store(cx->thr, &c, m, &k, &in, cas_out);
         hcore_after(cx, &c);
         if (rc == STORE_E2BIG && (m == STORE_APPEND || m == STORE_PREPEND)) {
@@ -107,6 +161,13 @@ hcore_store(struct hctx *cx, store_mode_e m, const void *key, size_t keylen,
             rc = STORE_NOT_STORED;
         }
     }
+    hcore_store_count(cx, cas, rc);
+    return rc;
+}
+
+void
+hcore_store_count(struct hctx *cx, uint64_t cas, store_rc_e rc)
+{
     if (rc == STORE_E2BIG) {
         HSTAT_INC(cx->st, store_too_large);
     } else if (rc == STORE_ENOMEM) {
@@ -121,7 +182,6 @@ hcore_store(struct hctx *cx, store_mode_e m, const void *key, size_t keylen,
             HSTAT_INC(cx->st, cas_misses);
         }
     }
-    return rc;
 }
 
 store_rc_e
@@ -129,8 +189,10 @@ hcore_delete(struct hctx *cx, const void *key, size_t keylen, uint64_t cas)
 {
     struct store_call c = hcore_call(cx);
     struct store_key k = { key, keylen };
-    store_rc_e rc = cx->ops->del(cx->thr, &c, &k, cas);
+    store_rc_e rc;
 
+    hcore_settle(cx, NULL, 0);
+    rc = cx->ops->del(cx->thr, &c, &k, cas);
     hcore_after(cx, &c);
     if (rc == STORE_OK) {
         HSTAT_INC(cx->st, delete_hits);
@@ -146,8 +208,10 @@ hcore_arith(struct hctx *cx, const void *key, size_t keylen,
 {
     struct store_call c = hcore_call(cx);
     struct store_key k = { key, keylen };
-    store_rc_e rc = cx->ops->arith(cx->thr, &c, &k, d, value, cas_out);
+    store_rc_e rc;
 
+    hcore_settle(cx, NULL, 0);
+    rc = cx->ops->arith(cx->thr, &c, &k, d, value, cas_out);
     hcore_after(cx, &c);
     if (rc == STORE_ENOENT) {
         if (d->decr) {
@@ -171,8 +235,10 @@ hcore_touch(struct hctx *cx, const void *key, size_t keylen,
 {
     struct store_call c = hcore_call(cx);
     struct store_key k = { key, keylen };
-    store_rc_e rc = cx->ops->touch(cx->thr, &c, &k, exptime);
+    store_rc_e rc;
 
+    hcore_settle(cx, NULL, 0);
+    rc = cx->ops->touch(cx->thr, &c, &k, exptime);
     hcore_after(cx, &c);
     HSTAT_INC(cx->st, cmd_touch);
     if (rc == STORE_OK) {
@@ -188,8 +254,10 @@ hcore_flush(struct hctx *cx, int64_t delay)
 {
     struct store_call c = hcore_call(cx);
     uint32_t when = delay > 0 ? handler_exptime(delay, cx->now) : cx->now;
-    store_rc_e rc = cx->ops->flush(cx->thr, &c, when);
+    store_rc_e rc;
 
+    hcore_settle(cx, NULL, 0);
+    rc = cx->ops->flush(cx->thr, &c, when);
     hcore_after(cx, &c);
     HSTAT_INC(cx->st, cmd_flush);
     return rc;

@@ -8,6 +8,22 @@
 
 #include "handler/handler.h"
 
+/*
+ * Runs the sets cx->defer took that an operation on key (NULL: on any key,
+ * or on the whole store) must see. No-op without cx->defer.
+ */
+void hcore_settle(struct hctx *cx, const void *key, size_t keylen);
+
+/* Counts a store's outcome as memcached does (cas: a CAS store). */
+void hcore_store_count(struct hctx *cx, uint64_t cas, store_rc_e rc);
+
+/* Queues a text set's reply for rc (noreply: failures only). */
+void htext_set_reply(struct hctx *cx, bool noreply, store_rc_e rc);
+
+/* Queues a binary SET/SETQ reply for rc and cas. */
+void hbin_set_reply(struct hctx *cx, uint8_t opcode, uint32_t opaque,
+                    bool quiet, store_rc_e rc, uint64_t cas);
+
 /* A fresh per-request storage call for cx. */
 struct store_call hcore_call(struct hctx *cx);
 

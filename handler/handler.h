@@ -97,6 +97,42 @@ struct hserver {
                                           const char *), void *emit_arg);
 };
 
+struct hctx;
+
+/*
+ * A plain set (no CAS) as the handler
+ * hands it to the server to run later (struct hdefer): what the store
+ * needs and what its reply needs.
+ */
+struct hset {
+    bool        bin;        /* binary (else text) */
+    bool        quiet;      /* SETQ, or text noreply */
+    uint8_t     opcode;     /* binary: as sent */
+    uint32_t    opaque;     /* binary */
+    const void *key;
+    size_t      keylen;
+    const void *val;
+    size_t      vlen;
+    uint32_t    flags;
+    uint32_t    exptime;    /* absolute */
+};
+
+/*
+ * The server's offer to run plain sets later, all those of a pass of its
+ * loop in one group, so that a persistent backend commits many at once.
+ * A set taken leaves a hole in the reply queue, filled once it has run
+ * (handler_set_done); everything else the handler does first settles the
+ * sets it could see.
+ */
+struct hdefer {
+    /* Takes hs to run later, copying what it needs and leaving a hole in
+     * cx->out for the reply; false: the caller runs it now. */
+    bool (*take)(struct hdefer *d, struct hctx *cx, const struct hset *hs);
+    /* Runs what was taken: all of it (key NULL), or only if a set taken
+     * is for key. */
+    void (*settle)(struct hdefer *d, const void *key, size_t keylen);
+};
+
 /* One per worker thread; out/now/wait are set for each connection. */
 struct hctx {
     const struct store_ops *ops;   /* ro */
@@ -115,6 +151,7 @@ struct hctx {
     size_t                  keys_run; /* out: keys the last get ran */
     const char             *resume;  /* out, HANDLER_SUSPEND: where the keys
                                       * not run yet begin */
+    struct hdefer          *defer;   /* ro: NULL, every set runs at once */
 };
 
 typedef enum handler_act {
@@ -128,6 +165,20 @@ typedef enum handler_act {
                                  * cx->resume on as the rest of its line,
                                  * later (once the queue has drained) */
 } handler_act_e;
+
+/*
+ * A set taken by cx->defer has run with result rc (and cas): queues its
+ * reply to cx->out (cx->now, cx->wait as for the request) and does what
+ * memcached does after a failed set. Counts what hcore_store counts.
+ */
+void handler_set_done(struct hctx *cx, const struct hset *hs, store_rc_e rc,
+                      uint64_t cas);
+
+/* handler_*_failure for a set taken by cx->defer. */
+size_t handler_set_failure(const struct hset *hs, char *out);
+
+/* The most bytes handler_set_done queues. */
+#define HANDLER_SET_REPLY_MAX (24 + HANDLER_FAIL_MAX)
 
 /* Converts a protocol TTL to the absolute time storage keeps. */
 uint32_t handler_exptime(int64_t ttl, uint32_t now);

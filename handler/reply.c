@@ -206,7 +206,8 @@ reply_reserve(struct reply *r, size_t n)
     r->queued += n;
     r->total += n;
     last = r->nseg > r->first ? &r->seg[r->nseg - 1] : NULL;
-    if (last != NULL && last->it.pin == NULL && last->ptr + last->len == p) {
+    if (last != NULL && last->it.pin == NULL && !last->hole &&
+        last->ptr + last->len == p) {
         last->len += n;
         return p;
     }
@@ -219,6 +220,54 @@ reply_reserve(struct reply *r, size_t n)
     last->ptr = p;
     last->len = n;
     return p;
+}
+
+bool
+reply_hole(struct reply *r, size_t max, struct reply_hole *h)
+{
+    char *p = block_reserve(r, max);
+    struct reply_seg *s;
+
+    if (p == NULL) {
+        return false;
+    }
+    s = new_seg(r, r->tail);
+    if (s == NULL) {
+        r->tail->used -= max;
+        return false;
+    }
+    s->ptr = p;
+    s->len = max;
+    s->hole = true;
+    r->queued += max;
+    r->total += max;
+    h->seg = r->nseg - 1;
+    h->ptr = p;
+    h->max = max;
+    return true;
+}
+
+bool
+reply_fill(struct reply *r, const struct reply_hole *h, const void *p,
+           size_t len, uint64_t *at)
+{
+    struct reply_seg *s = h->seg < r->nseg ? &r->seg[h->seg] : NULL;
+    uint64_t end = r->total;
+
+    if (s == NULL || !s->hole || s->ptr != h->ptr || h->seg < r->first) {
+        return false;
+    }
+    memcpy(h->ptr, p, len);
+    s->hole = false;
+    s->len = len;
+    r->queued -= h->max - len;
+    r->total -= h->max - len;
+    end = r->total;
+    for (size_t i = r->nseg; i-- > h->seg;) {
+        end -= r->seg[i].len;
+    }
+    *at = end;
+    return true;
 }
 
 void

@@ -26,6 +26,14 @@ struct reply_seg {
     size_t              len;
     struct reply_block *blk;   /* the block ptr lies in; NULL: a pin */
     struct store_item   it;    /* it.pin != NULL: release once sent */
+    bool                hole;  /* reply_hole's, not filled yet */
+};
+
+/* A reply's place in the queue, its bytes known later (reply_hole). */
+struct reply_hole {
+    size_t  seg;
+    char   *ptr;
+    size_t  max;
 };
 
 struct reply {
@@ -84,6 +92,21 @@ void reply_str(struct reply *r, const char *s);
 
 /* Appends a value returned by get; takes over its pin. */
 void reply_item(struct reply *r, struct store_item *it);
+
+/*
+ * Keeps max bytes' place in the queue for a reply made later; nothing at or
+ * after it may be sent until it is filled (the caller holds the queue).
+ * False when memory ran out (r->oom is then set).
+ */
+bool reply_hole(struct reply *r, size_t max, struct reply_hole *h);
+
+/*
+ * Puts p[0, len) (len <= h->max) in the hole, the rest of which goes, and
+ * returns where it starts (a reply_total position). False, and nothing
+ * done, when the hole is gone (reply_truncate dropped it).
+ */
+bool reply_fill(struct reply *r, const struct reply_hole *h, const void *p,
+                size_t len, uint64_t *at);
 
 /* Unsent bytes. */
 static inline size_t

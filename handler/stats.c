@@ -222,6 +222,8 @@ handler_stats(struct hctx *cx, const char *group, handler_stat_fn emit,
 {
     struct line l = { emit, arg };
 
+    /* Figures that count the sets a client sent before asking. */
+    hcore_settle(cx, NULL, 0);
     if (group[0] == '\0') {
         general(cx, &l);
         return true;

@@ -165,6 +165,23 @@ text_get(struct hctx *cx, const struct proto_text_req *rq)
     return HANDLER_CONTINUE;
 }
 
+/* The reply to a storage command that ran with result rc. */
+static void
+store_reply(struct hctx *cx, bool noreply, bool cas, store_rc_e rc)
+{
+    if (noreply) {
+        return;
+    }
+    if (rc == STORE_E2BIG) {
+        line(cx, proto_text_error_text(PROTO_TEXT_E_TOO_LARGE));
+    } else if (store_failed(rc)) {
+        /* memcached has no such failure; say what happened. */
+        server_error(cx, rc);
+    } else {
+        line(cx, proto_text_reply_text(text_reply_for(rc, cas)));
+    }
+}
+
 static handler_act_e
 text_store(struct hctx *cx, const struct proto_text_req *rq)
 {
@@ -199,6 +216,7 @@ text_store(struct hctx *cx, const struct proto_text_req *rq)
         struct store_item it;
 
         HSTAT_INC(cx->st, cmd_set);
+        hcore_settle(cx, rq->key, rq->keylen);
         rc = cx->ops->get(cx->thr, &c, &k, NULL, &it);
         if (rc == STORE_OK) {
             cx->ops->release(cx->thr, &it);
@@ -210,6 +228,16 @@ text_store(struct hctx *cx, const struct proto_text_req *rq)
         }
         return HANDLER_CONTINUE;
     }
+    if (rq->cmd == PROTO_TEXT_SET && cx->defer != NULL &&
+        !hcore_too_large(cx, rq->keylen, rq->flags, rq->vlen)) {
+        struct hset hs = { false, rq->noreply, 0, 0, rq->key, rq->keylen,
+                           rq->value, rq->vlen, rq->flags, exp };
+
+        if (cx->defer->take(cx->defer, cx, &hs)) {
+            HSTAT_INC(cx->st, cmd_set);
+            return HANDLER_CONTINUE;
+        }
+    }
     rc = hcore_store(cx, m, rq->key, rq->keylen, rq->value, rq->vlen,
                      rq->flags, exp, rq->cmd == PROTO_TEXT_CAS ? rq->cas : 0,
                      &cas);
@@ -217,19 +245,14 @@ text_store(struct hctx *cx, const struct proto_text_req *rq)
         rq->cmd == PROTO_TEXT_SET) {
         hcore_drop(cx, rq->key, rq->keylen);
     }
-    if (rc == STORE_E2BIG) {
-        if (!rq->noreply) {
-            line(cx, proto_text_error_text(PROTO_TEXT_E_TOO_LARGE));
-        }
-        return HANDLER_CONTINUE;
-    }
-    if (store_failed(rc)) {
-        /* memcached has no such failure; say what happened. */
-        failed(cx, rq, rc);
-        return HANDLER_CONTINUE;
-    }
-    fixed(cx, rq, text_reply_for(rc, rq->cmd == PROTO_TEXT_CAS));
+    store_reply(cx, rq->noreply, rq->cmd == PROTO_TEXT_CAS, rc);
     return HANDLER_CONTINUE;
+}
+
+void
+htext_set_reply(struct hctx *cx, bool noreply, store_rc_e rc)
+{
+    store_reply(cx, noreply, false, rc);
 }
 
 static handler_act_e

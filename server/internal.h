@@ -15,6 +15,39 @@
 struct conn;
 struct server;
 
+/* Sets one pass holds before it runs them, at most. */
+#define PASS_MAX   64
+/* Bytes of keys and values it copies, at most; a bigger set runs alone. */
+#define PASS_ARENA (256 * 1024)
+
+/* A set taken for the pass: its connection, its reply's hole, itself. */
+struct pass_set {
+    struct conn       *c;
+    struct reply_hole  hole;
+    struct hset        hs;      /* key and val point into the arena */
+    uint32_t           now;
+};
+
+/*
+ * The plain sets a worker's loop pass took from its connections (struct
+ * hdefer), run as one group before the loop polls again, or sooner when a
+ * request must see them: a persistent backend then commits a pass's sets
+ * together instead of one commit per set. Thread only.
+ */
+struct pass {
+    struct hdefer      d;       /* first: the handler's view */
+    struct worker     *w;
+    struct pass_set    set[PASS_MAX];
+    struct store_set   ss[PASS_MAX];
+    size_t             n;
+    uint64_t           bloom;   /* a bit per taken key's hash */
+    char              *arena;
+    size_t             used;
+    bool               running; /* sets run now: take and settle refuse */
+    struct conn       *kick;    /* connections whose holes were filled */
+    struct reply       out;     /* where a filled hole's bytes are made */
+};
+
 struct worker {
     struct server     *srv;     /* ro */
     unsigned           id;      /* ro */
@@ -44,6 +77,8 @@ struct worker {
                                   * here and leave nothing behind */
     char              *vscratch; /* small values a copying backend
                                   * returns, for the reply queues */
+    struct conn       *cur;     /* thread only: the connection running */
+    struct pass        pass;    /* thread only */
 };
 
 struct server {

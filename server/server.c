@@ -466,6 +466,8 @@ stop:
         free(w->newfds);
         free(w->rscratch);
         free(w->vscratch);
+        free(w->pass.arena);
+        reply_deinit(&w->pass.out);
     }
     free(s.workers);
 out:

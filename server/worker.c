@@ -85,6 +85,8 @@ struct conn {
     struct conn       *turn_next; /* loop-owned */
     bool               close_after_write;
     bool               closed;    /* fd closed, waiting for pending */
+    bool               kicked;    /* loop-owned: on w->pass.kick */
+    struct conn       *kick_next; /* loop-owned */
     int                events;    /* what io watches now */
     _Atomic uint32_t   last_cmd;  /* unix time of the last request */
     char               addr[80];  /* ro: "tcp:ip:port" for stats conns */
@@ -105,6 +107,8 @@ struct conn_fix {
 };
 
 static void conn_cb(struct ev_loop *loop, ev_io *io, int revents);
+static void conn_resume(struct conn *c);
+static void conn_update(struct conn *c);
 
 static void
 conn_wait_done(struct store_wait *wt, store_rc_e rc)
@@ -459,6 +463,198 @@ conn_exec_text(struct conn *c, const char *buf, size_t len, size_t *need,
     }
 }
 
+/* FNV-1a, for the pass's bloom of taken keys. */
+static uint64_t
+key_bit(const void *key, size_t len)
+{
+    const unsigned char *p = key;
+    uint32_t h = 2166136261u;
+
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ p[i]) * 16777619u;
+    }
+    return (uint64_t)1 << (h % 64);
+}
+
+/*
+ * Runs the pass's sets as one group, then fills each one's hole with its
+ * reply and lists its connection for a send. The handler's follow-ups
+ * (a failed set drops the key) run inside, with take and settle off.
+ */
+static void
+pass_run(struct worker *w)
+{
+    struct pass *p = &w->pass;
+    struct hctx saved = w->cx;
+
+    if (p->n == 0 || p->running) {
+        return;
+    }
+    p->running = true;
+    for (size_t i = 0; i < p->n; i++) {
+        struct pass_set *ps = &p->set[i];
+        struct store_set *ss = &p->ss[i];
+
+        memset(ss, 0, sizeof(*ss));
+        ss->call.now = ps->now;
+        ss->call.wait = &ps->c->wait;
+        ss->k.data = ps->hs.key;
+        ss->k.len = ps->hs.keylen;
+        ss->in.data = ps->hs.val;
+        ss->in.len = (uint32_t)ps->hs.vlen;
+        ss->in.flags = ps->hs.flags;
+        ss->in.exptime = ps->hs.exptime;
+    }
+    w->srv->ops->set_many(w->thr, p->ss, p->n);
+    for (size_t i = 0; i < p->n; i++) {
+        struct pass_set *ps = &p->set[i];
+        struct conn *c = ps->c;
+        char bytes[HANDLER_SET_REPLY_MAX];
+        struct iovec iov[4];
+        size_t len = 0;
+        unsigned writes;
+        uint64_t at;
+        int niov;
+
+        w->cx.out = &p->out;
+        w->cx.wait = &c->wait;
+        w->cx.now = ps->now;
+        w->cx.pending = 0;
+        handler_set_done(&w->cx, &ps->hs, p->ss[i].rc, p->ss[i].cas);
+        niov = reply_iov(&p->out, iov, 4);
+        for (int j = 0; j < niov; j++) {
+            size_t n = iov[j].iov_len;
+
+            if (len + n > sizeof(bytes)) {
+                n = sizeof(bytes) - len;
+            }
+            memcpy(bytes + len, iov[j].iov_base, n);
+            len += n;
+        }
+        reply_sent(&p->out, reply_queued(&p->out));
+        writes = (p->ss[i].call.pending ? 1u : 0u) + w->cx.pending;
+        if (!c->closed && reply_fill(&c->out, &ps->hole, bytes, len, &at) &&
+            writes > 0) {
+            char fail[HANDLER_FAIL_MAX];
+
+            conn_fix_push(c, at, writes, fail,
+                          handler_set_failure(&ps->hs, fail));
+        }
+        c->pending += writes;
+        c->pending--;          /* the hole's */
+        if (!c->kicked) {
+            c->kicked = true;
+            c->kick_next = p->kick;
+            p->kick = c;
+        }
+    }
+    p->n = 0;
+    p->used = 0;
+    p->bloom = 0;
+    p->running = false;
+    w->cx.out = saved.out;
+    w->cx.wait = saved.wait;
+    w->cx.now = saved.now;
+    w->cx.pending = saved.pending;
+}
+
+static void
+pass_settle(struct hdefer *d, const void *key, size_t keylen)
+{
+    struct pass *p = (struct pass *)d;
+
+    if (p->n == 0 || p->running) {
+        return;
+    }
+    if (key != NULL) {
+        size_t i = 0;
+
+        if ((p->bloom & key_bit(key, keylen)) == 0) {
+            return;
+        }
+        while (i < p->n && (p->set[i].hs.keylen != keylen ||
+                            memcmp(p->set[i].hs.key, key, keylen) != 0)) {
+            i++;
+        }
+        if (i == p->n) {
+            return;
+        }
+    }
+    pass_run(p->w);
+}
+
+static bool
+pass_take(struct hdefer *d, struct hctx *cx, const struct hset *hs)
+{
+    struct pass *p = (struct pass *)d;
+    struct worker *w = p->w;
+    struct conn *c = w->cur;
+    struct pass_set *ps;
+    size_t need = hs->keylen + hs->vlen;
+
+    if (p->running || c == NULL || cx->out != &c->out ||
+        need > PASS_ARENA / 4) {
+        return false;
+    }
+    if (p->n == PASS_MAX || p->used + need > PASS_ARENA) {
+        pass_run(w);
+    }
+    ps = &p->set[p->n];
+    if (!reply_hole(&c->out, HANDLER_SET_REPLY_MAX, &ps->hole)) {
+        return false;
+    }
+    ps->c = c;
+    ps->hs = *hs;
+    ps->now = cx->now;
+    memcpy(p->arena + p->used, hs->key, hs->keylen);
+    ps->hs.key = p->arena + p->used;
+    memcpy(p->arena + p->used + hs->keylen, hs->val, hs->vlen);
+    ps->hs.val = p->arena + p->used + hs->keylen;
+    p->used += need;
+    p->bloom |= key_bit(hs->key, hs->keylen);
+    p->n++;
+    c->pending++;              /* nothing goes out past the hole */
+    return true;
+}
+
+/* Sends for the connections whose holes were filled. */
+static void
+pass_kick(struct worker *w)
+{
+    while (w->pass.kick != NULL) {
+        struct conn *c = w->pass.kick;
+
+        w->pass.kick = c->kick_next;
+        c->kicked = false;
+        if (!c->closed && c->pending == 0) {
+            conn_resume(c);
+        }
+        if (!conn_reap(c) && !c->closed) {
+            conn_update(c);
+        }
+    }
+}
+
+/*
+ * Before the poll: runs what the pass took and sends the replies; running
+ * held requests may take more, so a few rounds, then the poll is told not
+ * to sleep if any is left.
+ */
+static void
+pass_finish(struct worker *w)
+{
+    for (int round = 0; round < 4 && (w->pass.n > 0 ||
+                                      w->pass.kick != NULL); round++) {
+        pass_run(w);
+        pass_kick(w);
+    }
+    if (w->pass.n > 0 || w->pass.kick != NULL) {
+        ev_idle_start(w->loop, &w->awake);
+    } else if (w->turns == NULL) {
+        ev_idle_stop(w->loop, &w->awake);
+    }
+}
+
 /* The connection used its turn with requests left: it goes on before the
  * worker polls again (worker_before_poll), and the poll must not sleep. */
 static void
@@ -490,6 +686,7 @@ conn_process(struct conn *c, const char *buf, size_t len, size_t *need)
     size_t turn = CONN_TURN;
 
     *need = 0;
+    w->cur = c;
     w->cx.out = &c->out;
     w->cx.now = (uint32_t)ev_now(w->loop);
     w->cx.wait = &c->wait;
@@ -843,6 +1040,8 @@ worker_wake(struct ev_loop *loop, ev_async *a, int revents)
         /* Requests already read have been answered (but for turns not
          * taken yet); send what is queued if the socket takes it, then
          * go. */
+        pass_run(w);
+        pass_kick(w);
         worker_drop_turns(w);
         for (struct conn *c = w->conns, *next; c != NULL; c = next) {
             next = c->next;
@@ -991,6 +1190,9 @@ worker_before_poll(struct ev_loop *loop, ev_prepare *p, int revents)
     if (w->turns != NULL) {
         worker_run_turns(w);
     }
+    if (w->cx.defer != NULL) {
+        pass_finish(w);
+    }
     now = ev_time();
     if (w->cx.ops->idle != NULL) {
         w->cx.ops->idle(w->thr);
@@ -1023,6 +1225,8 @@ worker_main(void *arg)
     struct worker *w = arg;
 
     ev_run(w->loop, 0);
+    pass_run(w);
+    pass_kick(w);
     worker_drop_turns(w);
     for (struct conn *c = w->conns, *next; c != NULL; c = next) {
         next = c->next;
@@ -1061,6 +1265,18 @@ worker_start(struct worker *w)
     w->cx.set = &s->set;
     w->cx.srv = &s->hs;
     w->cx.out_max = OUT_HIGH_WATER;
+    if (s->ops->set_many != NULL) {
+        /* A backend that commits: its sets go in groups (struct pass). */
+        w->pass.arena = malloc(PASS_ARENA);
+        if (w->pass.arena == NULL) {
+            return -1;
+        }
+        w->pass.w = w;
+        w->pass.d.take = pass_take;
+        w->pass.d.settle = pass_settle;
+        reply_init(&w->pass.out, s->ops, w->thr, NULL);
+        w->cx.defer = &w->pass.d;
+    }
     ev_async_init(&w->wake, worker_wake);
     ev_async_start(w->loop, &w->wake);
     ev_prepare_init(&w->prepare, worker_before_poll);

@@ -126,6 +126,15 @@ struct store_call {
     bool               pending;    /* out: wait->done will be called */
 };
 
+/* One plain set of a group run by set_many. */
+struct store_set {
+    struct store_call  call;   /* in: now, wait (sink unused); out: pending */
+    struct store_key   k;      /* in */
+    struct store_item  in;     /* in: in.cas must be 0 */
+    store_rc_e         rc;     /* out */
+    uint64_t           cas;    /* out: the new CAS, when rc is STORE_OK */
+};
+
 /* Figures every backend reports, in memcached's units. */
 struct store_stats {
     uint64_t curr_items;
@@ -211,6 +220,12 @@ struct store_ops {
      * keeps nothing; callers check.
      */
     void (*idle)(struct store_thr *t);
+    /*
+     * Runs n plain sets in order as one group (one wait for all, so they
+     * share a commit), filling each one's rc, cas and call.pending as
+     * store does. NULL when grouping gains a backend nothing (memory).
+     */
+    void (*set_many)(struct store_thr *t, struct store_set *v, size_t n);
 };
 
 /* The backend registered under name, or NULL when unknown. */

@@ -233,6 +233,7 @@ void kv_stats(struct store_thr *t, struct store_stats *out);
 store_rc_e kv_stats_group(struct store_thr *t, const char *group,
                           store_emit_fn emit, void *arg);
 void kv_idle(struct store_thr *t);
+void kv_set_many(struct store_thr *t, struct store_set *v, size_t n);
 
 /* The store_ops of a persistent backend whose open calls kv_open. */
 #define KV_STORE_OPS(backend_name, open_fn)                                \
@@ -243,6 +244,7 @@ void kv_idle(struct store_thr *t);
         .store = kv_store, .del = kv_del, .arith = kv_arith,               \
         .touch = kv_touch, .flush = kv_flush, .stats = kv_stats,           \
         .stats_group = kv_stats_group, .idle = kv_idle,                    \
+        .set_many = kv_set_many,                                           \
     }
 
 /*

@@ -125,11 +125,15 @@ struct kv_maint {
     uint64_t         deleted;   /* out: dead items deleted */
 };
 
+/* Sets one set_many call queues at once, at most. */
+#define KV_MANY_MAX 64u
+
 /* Per-thread state: the adapter's reader and a cond for the queue. */
 struct store_thr {
     struct store    *s;         /* ro */
     struct kv_rd    *rd;        /* private: this thread's reader */
     pthread_cond_t   cond;      /* with s->wq.lock: op done / lead */
+    struct kv_op     many[KV_MANY_MAX]; /* private: set_many's ops */
 };
 
 /* Counters shown by stats; relaxed atomics, any thread. */
@@ -248,6 +252,9 @@ void kv_note_err(struct store *s, kv_err_e e);
  * with an attached thr; op lives on the caller's stack.
  */
 void kv_submit(struct store_thr *t, struct kv_op *op);
+
+/* As kv_submit for ops[0, n), queued together: one batch, one wait. */
+void kv_submit_many(struct store_thr *t, struct kv_op *ops, size_t n);
 
 /* Runs a batch of ops as the leader (the queue's persist_batch_fn). */
 void kv_run_batch(void *arg, struct persist_qnode *batch);

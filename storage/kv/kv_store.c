@@ -247,6 +247,67 @@ kv_store(struct store_thr *t, struct store_call *c, store_mode_e m,
     return rc;
 }
 
+/* Up to KV_MANY_MAX sets of v as one chain. */
+static void
+set_chunk(struct store_thr *t, struct store_set *v, size_t n)
+{
+    struct store *s = t->s;
+    struct kv_op *ops = t->many;
+
+    for (size_t i = 0; i < n; i++) {
+        memset(&ops[i], 0, sizeof(ops[i]));
+        ops[i].kind = KV_OP_STORE;
+        ops[i].k = &v[i].k;
+        ops[i].mode = STORE_SET;
+        ops[i].in = &v[i].in;
+        ops[i].now = v[i].call.now;
+        kv_note_now(s, v[i].call.now);
+    }
+    kv_submit_many(t, ops, n);
+    for (size_t i = 0; i < n; i++) {
+        v[i].rc = ops[i].rc;
+        v[i].cas = ops[i].cas_out;
+        if (ops[i].wrote &&
+            persist_sync_wait(&s->ps, &v[i].call, ops[i].seq) != STORE_OK) {
+            v[i].rc = STORE_EIO;
+        }
+    }
+}
+
+void
+kv_set_many(struct store_thr *t, struct store_set *v, size_t n)
+{
+    struct store *s = t->s;
+    size_t i = 0;
+
+    /* Too large fails alone; the rest go in chains. */
+    while (i < n) {
+        size_t j = i;
+
+        v[i].call.pending = false;
+        if (atomic_load(&s->wfail) != 0) {
+            v[i++].rc = STORE_EIO;
+            continue;
+        }
+        if (store_too_large(s->item_max, v[i].k.len, v[i].in.flags,
+                            v[i].in.len)) {
+            v[i++].rc = STORE_E2BIG;
+            continue;
+        }
+        while (j < n && j - i < KV_MANY_MAX &&
+               !store_too_large(s->item_max, v[j].k.len, v[j].in.flags,
+                                v[j].in.len)) {
+            v[j++].call.pending = false;
+        }
+        /* A reader's snapshot must not be held across a wait on the
+         * writer. */
+        kv_idle(t);
+        persist_sync_throttle(&s->ps);
+        set_chunk(t, v + i, j - i);
+        i = j;
+    }
+}
+
 store_rc_e
 kv_del(struct store_thr *t, struct store_call *c, const struct store_key *k,
        uint64_t cas)

@@ -1016,3 +1016,13 @@ kv_submit(struct store_thr *t, struct kv_op *op)
 {
     persist_queue_submit(&t->s->wq, &op->q, &t->cond);
 }
+
+void
+kv_submit_many(struct store_thr *t, struct kv_op *ops, size_t n)
+{
+    for (size_t i = 0; i + 1 < n; i++) {
+        ops[i].q.next = &ops[i + 1].q;
+    }
+    persist_queue_submit_chain(&t->s->wq, &ops[0].q, &ops[n - 1].q,
+                               &t->cond);
+}

@@ -245,6 +245,15 @@ void persist_queue_deinit(struct persist_queue *q);
 void persist_queue_submit(struct persist_queue *q, struct persist_qnode *n,
                           pthread_cond_t *cond);
 
+/*
+ * As persist_queue_submit for the chain first..last (linked by next), which
+ * is queued at once and so runs in one batch: one wait for all of it.
+ */
+void persist_queue_submit_chain(struct persist_queue *q,
+                                struct persist_qnode *first,
+                                struct persist_qnode *last,
+                                pthread_cond_t *cond);
+
 /* Runs fn(arg) holding the lead alone, once the current batch is done. */
 void persist_queue_exclusive(struct persist_queue *q, void (*fn)(void *),
                              void *arg);

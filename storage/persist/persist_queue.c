@@ -54,16 +54,35 @@ void
 persist_queue_submit(struct persist_queue *q, struct persist_qnode *n,
                      pthread_cond_t *cond)
 {
-    n->cond = cond;
     n->next = NULL;
-    n->done = false;
+    persist_queue_submit_chain(q, n, n, cond);
+}
+
+void
+persist_queue_submit_chain(struct persist_queue *q,
+                           struct persist_qnode *first,
+                           struct persist_qnode *last,
+                           pthread_cond_t *cond)
+{
+    /* The leader takes all that is queued, so the chain is never split:
+     * the last node done means every one is. */
+    struct persist_qnode *n = last;
+
+    for (struct persist_qnode *o = first; o != NULL; o = o->next) {
+        o->cond = cond;
+        o->done = false;
+        if (o == last) {
+            break;
+        }
+    }
+    last->next = NULL;
     pthread_mutex_lock(&q->lock);
     if (q->tail != NULL) {
-        q->tail->next = n;
+        q->tail->next = first;
     } else {
-        q->head = n;
+        q->head = first;
     }
-    q->tail = n;
+    q->tail = last;
     while (!n->done) {
         struct persist_qnode *batch;
 
