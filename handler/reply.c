@@ -384,6 +384,9 @@ reply_iov(const struct reply *r, struct iovec *iov, int max)
     for (size_t i = r->first; i < r->nseg && n < max; i++) {
         size_t skip = i == r->first ? r->off : 0;
 
+        if (r->seg[i].len == skip) {
+            continue;   /* a hole filled with nothing (a quiet reply) */
+        }
         iov[n].iov_base = (void *)(r->seg[i].ptr + skip);
         iov[n].iov_len = r->seg[i].len - skip;
         n++;

@@ -693,6 +693,65 @@ START_TEST(deinit_after_full_send_releases_nothing_more)
 }
 END_TEST
 
+START_TEST(holes_filled_later_keep_their_place)
+{
+    static char big[4096];
+    struct reply_hole h1;
+    struct reply_hole h2;
+    struct store_item it;
+    struct buf want = { 0 };
+    struct buf got = { 0 };
+    uint64_t at;
+
+    fill(big, sizeof(big), 3);
+    reply_append(&g_r, "A", 1);
+    ck_assert(reply_hole(&g_r, 120, &h1));
+    reply_append(&g_r, "B", 1);
+    it = pinned(1, big, sizeof(big));
+    reply_item(&g_r, &it);
+    ck_assert(reply_hole(&g_r, 120, &h2));
+    reply_append(&g_r, "C", 1);
+    ck_assert_uint_eq(reply_queued(&g_r), 3 + 240 + sizeof(big));
+    /* The later one first (a quiet reply: nothing), then the earlier. */
+    ck_assert(reply_fill(&g_r, &h2, "", 0, &at));
+    ck_assert_uint_eq(at, 1 + 120 + 1 + sizeof(big));
+    ck_assert(!reply_fill(&g_r, &h2, "x", 1, &at));
+    ck_assert(reply_fill(&g_r, &h1, "xyz", 3, &at));
+    ck_assert_uint_eq(at, 1);
+    ck_assert_uint_eq(reply_total(&g_r), 6 + sizeof(big));
+    buf_add(&want, "Axyz", 4);
+    buf_add(&want, "B", 1);
+    buf_add(&want, big, sizeof(big));
+    buf_add(&want, "C", 1);
+    drain(&g_r, &got, 64, 5);
+    assert_same(&got, &want);
+    ck_assert_uint_eq(g_rel[1], 1);
+    buf_free(&want);
+    buf_free(&got);
+}
+END_TEST
+
+START_TEST(hole_dropped_by_truncate_is_not_filled)
+{
+    struct reply_hole h;
+    struct buf got = { 0 };
+    uint64_t at;
+    uint64_t mark;
+
+    reply_append(&g_r, "keep", 4);
+    mark = reply_total(&g_r);
+    ck_assert(reply_hole(&g_r, 64, &h));
+    reply_append(&g_r, "drop", 4);
+    reply_truncate(&g_r, mark);
+    reply_append(&g_r, "fail", 4);
+    ck_assert(!reply_fill(&g_r, &h, "late", 4, &at));
+    drain(&g_r, &got, 8, 0);
+    ck_assert_uint_eq(got.len, 8);
+    ck_assert_int_eq(memcmp(got.p, "keepfail", 8), 0);
+    buf_free(&got);
+}
+END_TEST
+
 static Suite *
 reply_suite(void)
 {
@@ -701,6 +760,8 @@ reply_suite(void)
 
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, copy_up_to_threshold_pin_above);
+    tcase_add_test(tc, holes_filled_later_keep_their_place);
+    tcase_add_test(tc, hole_dropped_by_truncate_is_not_filled);
     tcase_add_test(tc, zero_length_and_unpinned_items);
     tcase_add_test(tc, partial_sends_at_every_offset);
     tcase_add_test(tc, byte_by_byte);

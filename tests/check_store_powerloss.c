@@ -2,7 +2,8 @@
  * The power-loss rig: for each persistent backend and sync mode, a forked
  * child opens a store on an empty directory while every write, truncate
  * and sync on its files is recorded (powerloss_rec.c), runs a few thousand
- * writes from several threads with self-describing values, and _exits
+ * writes from several threads (some sets in groups, as a worker runs a
+ * loop pass's sets) with self-describing values, and _exits
  * without closing. From the log the parent builds hundreds of crash images
  * (powerloss_img.c): what a power loss at a random record would leave, with
  * unsynced writes dropped, torn and reordered, plus kill -9 images that keep
@@ -45,6 +46,7 @@
 #define NKEYS       (NSETKEYS + NTHREADS)    /* + one counter per thread */
 #define NOW0        1700000000u
 #define VMAX        12288u
+#define GROUP_MAX   4                        /* sets in one set_many */
 #define SYNC_MS     30u
 #define GAP_EVERY_MS 400                     /* workload: a burst and */
 #define GAP_MS       150                     /* an idle gap */
@@ -180,9 +182,11 @@ worker_main(void *arg)
     uint32_t ver[KPT] = { 0 };
     uint32_t cver = 0;
     char *buf = malloc(VMAX);
+    char *gbuf = malloc((size_t)GROUP_MAX * VMAX);
 
     pl_rec_thread((uint8_t)(w->tid + 1));
-    if (buf == NULL || w->ops->attach(w->s, &t) != STORE_OK) {
+    if (buf == NULL || gbuf == NULL ||
+        w->ops->attach(w->s, &t) != STORE_OK) {
         atomic_fetch_add(w->bad, 1);
         goto out;
     }
@@ -201,7 +205,39 @@ worker_main(void *arg)
         key_name(k, name, sizeof(name));
         key.len = strlen(name);
         c.pending = false;
-        if (r < 70) {
+        if (r < 70 && r % 4 == 0 && w->ops->set_many != NULL) {
+            /* A group of sets on keys of this thread, as a worker's
+             * loop pass runs them (one queue chain, one commit). */
+            struct store_set g[GROUP_MAX];
+            char names[GROUP_MAX][32];
+            unsigned n = 1 + (unsigned)pl_rng_below(&rng, GROUP_MAX);
+            unsigned ks[GROUP_MAX];
+            uint32_t vs[GROUP_MAX];
+
+            memset(g, 0, sizeof(g));
+            for (unsigned j = 0; j < n; j++) {
+                unsigned kj = (ki + j) % KPT;
+                size_t len;
+
+                ks[j] = w->tid * KPT + kj;
+                vs[j] = ++ver[kj];
+                key_name(ks[j], names[j], sizeof(names[j]));
+                len = val_gen(ks[j], vs[j], gbuf + (size_t)j * VMAX);
+                g[j].call.now = NOW0;
+                g[j].k.data = names[j];
+                g[j].k.len = strlen(names[j]);
+                g[j].in.data = gbuf + (size_t)j * VMAX;
+                g[j].in.len = (uint32_t)len;
+                g[j].in.flags = val_flags(ks[j], vs[j]);
+                pl_rec_mark(PL_ISSUE, OP_SET, ks[j], vs[j], 0);
+            }
+            w->ops->set_many(t, g, n);
+            rc = STORE_OK;
+            for (unsigned j = 0; j < n; j++) {
+                pl_rec_mark(PL_ACK, OP_SET, ks[j], vs[j], g[j].rc);
+                c.pending = c.pending || g[j].call.pending;
+            }
+        } else if (r < 70) {
             uint32_t v = ++ver[ki];
             size_t len = val_gen(k, v, buf);
             struct store_item in = { buf, (uint32_t)len, val_flags(k, v),
@@ -254,6 +290,7 @@ worker_main(void *arg)
     w->ops->detach(&t);
 out:
     free(buf);
+    free(gbuf);
     atomic_fetch_add(w->finished, 1);
     return NULL;
 }
