@@ -300,7 +300,7 @@ bool kv_reserve_release(const char *dir);
 
 /*
  * Makes dir's reserve unless it exists: KV_RESERVE bytes, or what there is
- * above min free if that is at least half of it.
+ * above min free (KV_RESERVE / 4 at least) if that is half of it or more.
  */
 void kv_reserve_make(const char *dir, uint64_t min);
 

@@ -84,10 +84,15 @@ kv_reserve_make(const char *dir, uint64_t min)
     if (stat(path, &st) == 0 || statvfs(dir, &sv) != 0) {
         return;
     }
-    /* Right after a delete spent it, the room is the reserve less what
-     * the delete wrote: most of a reserve then beats none, which would
-     * let the next writes fill the disk with no way back. */
+    /* Right after a delete (or an open) spent it, the room is the
+     * reserve less what that wrote: most of a reserve then beats none,
+     * which would let the next writes fill the disk with no way back; a
+     * quarter of it stays free for those writes (a WAL grows before the
+     * rows a delete freed can be used again). */
     room = (uint64_t)sv.f_bavail * sv.f_frsize;
+    if (min < KV_RESERVE / 4) {
+        min = KV_RESERVE / 4;
+    }
     if (room < min + KV_RESERVE / 2) {
         return;
     }
