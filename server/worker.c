@@ -608,7 +608,9 @@ pass_take(struct hdefer *d, struct hctx *cx, const struct hset *hs)
     ps->now = cx->now;
     memcpy(p->arena + p->used, hs->key, hs->keylen);
     ps->hs.key = p->arena + p->used;
-    memcpy(p->arena + p->used + hs->keylen, hs->val, hs->vlen);
+    if (hs->vlen > 0) {     /* an empty value may have no pointer */
+        memcpy(p->arena + p->used + hs->keylen, hs->val, hs->vlen);
+    }
     ps->hs.val = p->arena + p->used + hs->keylen;
     p->used += need;
     p->bloom |= key_bit(hs->key, hs->keylen);

@@ -135,6 +135,7 @@ START_TEST(pipeline_sees_its_own_sets)
              "set b 0 0 2\r\nbb\r\ndelete b\r\nget b\r\n"
              "set c 0 0 1\r\nc\r\ntouch c 100\r\n"
              "set d 0 0 1 noreply\r\nd\r\nget d\r\n"
+             "set empty 0 0 0\r\n\r\nget empty\r\n"
              "set e 0 0 1\r\ne\r\nflush_all\r\nget e\r\n",
              "STORED\r\nVALUE a 0 1\r\n1\r\nEND\r\n"
              "STORED\r\nVALUE a 5 1\r\n2\r\nEND\r\n"
@@ -143,6 +144,7 @@ START_TEST(pipeline_sees_its_own_sets)
              "STORED\r\nDELETED\r\nEND\r\n"
              "STORED\r\nTOUCHED\r\n"
              "VALUE d 0 1\r\nd\r\nEND\r\n"
+             "STORED\r\nVALUE empty 0 0\r\n\r\nEND\r\n"
              "STORED\r\nOK\r\nEND\r\n");
     close(fd);
 }
