@@ -26,6 +26,10 @@ typedef enum kv_err {
     KV_NOSPC,          /* the disk (or quota) is full */
     KV_BUSY,           /* another process holds a lock too long */
     KV_CORRUPT,        /* the library found the file damaged */
+    KV_DAMAGED,        /* a record whose parts do not fit together (its
+                        * value's row missing or of the wrong length): the
+                        * view's r and vlen (as recorded) are set, and the
+                        * engine treats it as failing its checksum */
     KV_NOMEM,          /* memory ran out */
     KV_EIO             /* any other failure of the library or the OS */
 } kv_err_e;
@@ -98,7 +102,9 @@ store_rc_e kv_rc(kv_err_e e);
  * The record store. Unless said otherwise a member returns KV_OK or an
  * error and may be called from any thread holding what it names: a reader
  * by its own thread only, the writer members by the write lead only (one
- * thread at a time, between begin and commit/abort).
+ * thread at a time, between begin and commit/abort). A writer member that
+ * fails may leave its work half done: the engine then aborts the whole
+ * transaction, never commits it.
  */
 struct kv_backend {
     const char *name;        /* "lmdb": also the stats prefix */
@@ -135,8 +141,8 @@ struct kv_backend {
     void (*rd_close)(struct kv_rd *r);
     /*
      * Finds key at a snapshot holding every commit up to seq, value
-     * included; v->val stays valid until rd_end. Call rd_end after any
-     * result.
+     * included; v->val stays valid until rd_end. KV_DAMAGED as load
+     * says. Call rd_end after any result.
      */
     kv_err_e (*rd_get)(struct kv_rd *r, uint64_t seq, const void *key,
                        size_t klen, struct kv_view *v);
@@ -161,7 +167,8 @@ struct kv_backend {
     kv_err_e (*begin)(struct kv_be *b);
     /*
      * Finds key in the write transaction; the value only when with_value.
-     * v->val stays valid until the next writer call.
+     * v->val stays valid until the next writer call. KV_DAMAGED when
+     * the value cannot be had as recorded (with_value only).
      */
     kv_err_e (*load)(struct kv_be *b, const void *key, size_t klen,
                      bool with_value, struct kv_view *v);

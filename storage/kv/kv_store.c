@@ -178,12 +178,13 @@ kv_get(struct store_thr *t, struct store_call *c, const struct store_key *k,
     e = be->rd_get(t->rd,
                    atomic_load_explicit(&s->seq, memory_order_acquire),
                    k->data, k->len, &v);
-    if (e != KV_OK) {
+    if (e != KV_OK && e != KV_DAMAGED) {
         be->rd_end(t->rd);
         kv_note_err(s, e);
         return e == KV_NOTFOUND ? STORE_ENOENT : kv_rc(e);
     }
-    if (!kv_sum_ok(&v.r, k->data, k->len, v.val, v.vlen)) {
+    if (e == KV_DAMAGED ||
+        !kv_sum_ok(&v.r, k->data, k->len, v.val, v.vlen)) {
         be->rd_end(t->rd);
         kv_bad_record(s, k->data, k->len, v.r.cas);
         return STORE_ENOENT;

@@ -66,6 +66,7 @@ kv_rc(kv_err_e e)
     case KV_NOMEM:
         return STORE_ENOMEM;
     case KV_CORRUPT:
+    case KV_DAMAGED:       /* the engine's own to handle: never a reply */
         return STORE_ECORRUPT;
     case KV_BUSY:
     case KV_EIO:
@@ -80,6 +81,7 @@ kv_note_err(struct store *s, kv_err_e e)
     switch (e) {
     case KV_OK:
     case KV_NOTFOUND:
+    case KV_DAMAGED:       /* counted as a checksum failure */
         break;
     case KV_FULL:
     case KV_NOSPC:
@@ -169,11 +171,12 @@ load(struct kv_wctx *w, const void *kdata, size_t klen, uint32_t now,
     if (e == KV_NOTFOUND) {
         return true;
     }
-    if (e != KV_OK) {
+    if (e != KV_OK && e != KV_DAMAGED) {
         return fail(w, e);
     }
-    ok = with_value ? kv_sum_ok(&v.r, kdata, klen, v.val, v.vlen)
-                    : kv_sum_meta_ok(&v.r);
+    ok = e == KV_OK &&
+         (with_value ? kv_sum_ok(&v.r, kdata, klen, v.val, v.vlen)
+                     : kv_sum_meta_ok(&v.r));
     if (!ok) {
         if (!w->bad_known) {
             kv_bad_record(s, kdata, klen, v.r.cas);
