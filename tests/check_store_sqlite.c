@@ -99,8 +99,46 @@ START_TEST(newer_format_refused)
     pt_open(t);
     pt_set(t, "k", "v");
     pt_close(t);
-    sql_exec(db_path(t, db, sizeof(db)), "UPDATE meta SET format = 3");
-    pt_expect_refused(t, STORE_ECORRUPT, db, "format 3");
+    sql_exec(db_path(t, db, sizeof(db)), "UPDATE meta SET format = 4");
+    pt_expect_refused(t, STORE_ECORRUPT, db, "format 4");
+    pt_free(t);
+}
+END_TEST
+
+/*
+ * A store of format 2 (every value in items, no table big), as the
+ * stashd before it made one: refused naming both formats, left as it
+ * was (pt_expect_refused compares the bytes).
+ */
+START_TEST(older_format_refused)
+{
+    struct pt *t = pt_new(ops);
+    char db[128];
+
+    sql_exec(db_path(t, db, sizeof(db)),
+             "PRAGMA journal_mode = WAL;"
+             "CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 1),"
+             " magic TEXT NOT NULL, format INTEGER NOT NULL,"
+             " created INTEGER NOT NULL, flush_cas INTEGER NOT NULL,"
+             " flush_time INTEGER NOT NULL, cas_max INTEGER NOT NULL,"
+             " items INTEGER NOT NULL, bytes INTEGER NOT NULL,"
+             " clean INTEGER NOT NULL);"
+             "CREATE TABLE items (key BLOB NOT NULL PRIMARY KEY,"
+             " value BLOB NOT NULL, flags INTEGER NOT NULL,"
+             " exptime INTEGER NOT NULL, cas INTEGER NOT NULL,"
+             " stored INTEGER NOT NULL, atime INTEGER NOT NULL,"
+             " fetched INTEGER NOT NULL DEFAULT 0, sum INTEGER NOT NULL)"
+             " WITHOUT ROWID;"
+             "CREATE INDEX items_exptime ON items (exptime)"
+             " WHERE exptime != 0;"
+             "INSERT INTO meta VALUES (1, 'stashd', 2, 1700000000, 0, 0,"
+             " 65536, 1, 50, 1);"
+             "INSERT INTO items VALUES (x'6b', x'7676', 0, 0, 1,"
+             " 1700000000, 1700000000, 0, 42);"
+             "PRAGMA application_id = 1937008740;"
+             "PRAGMA user_version = 2;");
+    pt_expect_refused(t, STORE_ECORRUPT, db,
+                      "stashd store format 2, this stashd reads format 3");
     pt_free(t);
 }
 END_TEST
@@ -205,7 +243,7 @@ START_TEST(schema_readable_with_sqlite3)
                      SQLITE_OK);
     ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
     ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "stashd");
-    ck_assert_int_eq(sqlite3_column_int64(st, 1), 2);
+    ck_assert_int_eq(sqlite3_column_int64(st, 1), 3);
     ck_assert_int_eq(sqlite3_column_int64(st, 2), (sqlite3_int64)cas2);
     ck_assert_int_eq(sqlite3_column_int64(st, 3), 2);
     ck_assert_int_eq(sqlite3_column_int64(st, 4), 2 * 48 + 6 + 3 + 6 + 5);
@@ -400,6 +438,7 @@ END_TEST
 
 PT_MAIN("store_sqlite", garbage_with_sqlite_header_refused,
         foreign_sqlite_refused_untouched, newer_format_refused,
+        older_format_refused,
         empty_file_becomes_store, schema_readable_with_sqlite3,
         busy_is_an_error_reply, item_size_above_sqlite_blobs_refused,
         damaged_wal_refused_same_boot, sqlite_stats_lines)

@@ -23,8 +23,31 @@
 #define SQ_LMDB_FILE   "data.mdb"        /* an lmdb store: not ours */
 
 #define SQ_MAGIC       "stashd"          /* meta.magic */
-#define SQ_FORMAT      2                 /* 2: checksummed rows */
+#define SQ_FORMAT      3                 /* 2: checksummed rows; 3: large
+                                          * values in table big */
 #define SQ_APP_ID      0x73746864        /* PRAGMA application_id: "sthd" */
+#define SQ_PAGE_SIZE   4096              /* a new store's */
+
+/*
+ * Values longer than this live in table big, and their items row keeps
+ * an empty value and the big row's id. Why: items is an index b-tree
+ * (WITHOUT ROWID), whose interior cells hold whole records, and SQLite
+ * reads a record that spills onto overflow pages whole to compare it with
+ * a key: one 1 MB row on a lookup's way down cost 1.9 ms. A record never
+ * spills when it fits the page's largest local payload, for an index
+ * b-tree (usable - 12) * 64 / 255 - 23 = 1002 bytes with 4 KB pages. The
+ * largest items record with an inline value is SQ_ROW_MAX (below): a
+ * 14-byte header (its size, two 2-byte blob types, nine 1-byte integer
+ * types), a 250-byte key, the value, and at most 55 bytes of integers
+ * (flags, exptime, stored, atime and vlen 6 each, cas, sum and big_id 8
+ * each, fetched 1). 512 keeps that at 831, and a power of two that a
+ * reader of the schema can remember.
+ */
+#define SQ_INLINE_MAX  512u
+#define SQ_ROW_MAX     (14u + STORE_KEY_MAX + SQ_INLINE_MAX + 55u)
+#define SQ_LOCAL_MAX(page) (((page) - 12u) * 64u / 255u - 23u)
+_Static_assert(SQ_ROW_MAX <= SQ_LOCAL_MAX(SQ_PAGE_SIZE),
+               "an items row with an inline value must not spill");
 
 /* The maintenance thread's checkpoint round (ms) when something changed. */
 #define SQ_CKPT_MS     250u
@@ -32,11 +55,14 @@
 /*
  * Every statement the adapter runs, prepared once per connection on first
  * use (sq_stmt) and reset after each use, so no request parses SQL.
- * Columns 0-6 of a row are always cas, flags, exptime, stored, atime,
- * fetched, sum (sq_rec).
+ * Columns 0-6 of an items row are always cas, flags, exptime, stored,
+ * atime, fetched, sum (sq_rec); with its value, 7-9 are value, big_id,
+ * vlen (sq_rec.c's row_value).
  */
 typedef enum sq_sql {
     SQ_GET = 0,       /* reader: a row by key, with its value */
+    SQ_GETBIG,        /* a big row's key and value: after SQ_GET/LOADV */
+    SQ_ORPHANS,       /* reader (maint): a slice of big rows, orphan or not */
     SQ_EXPIRED,       /* reader (maint): expired rows, by the index */
     SQ_SCAN,          /* a slice in key order from ?1 */
     SQ_SCAN0,         /* the first slice */
@@ -50,7 +76,13 @@ typedef enum sq_sql {
     SQ_LOADV,         /* writer: the same with the value */
     SQ_PUT,
     SQ_PUTREC,        /* writer: a row's columns but the value */
+    SQ_OLDBIG,        /* writer: the big row a key's value is in */
+    SQ_BIGADD,        /* writer: a new big row */
+    SQ_BIGSET,        /* writer: a key's big row's new value */
+    SQ_BIGDEL,        /* writer: a big row, if it is the key's */
+    SQ_BIGDROP,       /* writer: a key's big row, before its items row */
     SQ_DEL,
+    SQ_ORPHANDEL,     /* writer: a big row no items row names */
     SQ_META,
     SQ_NSQL
 } sq_sql_e;
@@ -75,22 +107,26 @@ struct kv_be {
 
     /* The writer: the write lead's only. */
     struct sq_conn        w;
-    sqlite3_stmt         *wopen;       /* a stepped statement to reset */
+    bool                  wopen;       /* a load left a value stepped */
     int                   wal_now;     /* frames in the WAL (its hook) */
     int                   wal_seen;    /* ... when the disk was looked at */
     int64_t               wal_cap;     /* WAL bytes the disk allows now */
     unsigned char        *scratch;     /* a value put in two pieces */
     size_t                scratch_cap;
 
-    /* The maintenance thread's only: the checkpoint policy. */
+    /* The maintenance thread's only: the checkpoint policy, and where
+     * the search for orphaned big rows is. */
     uint64_t              ckpt_seq;    /* seq at the last checkpoint */
     bool                  ckpt_behind; /* it left frames uncopied */
+    int64_t               orphan_hand; /* big ids up to it were looked at */
+    uint64_t              orphan_at;   /* monotonic usec of the last look */
 
     _Atomic uint64_t      checkpoints;
     _Atomic uint64_t      ckpt_restarts;
     _Atomic uint64_t      wal_frames;
     _Atomic uint64_t      ckpt_usec;
     _Atomic uint64_t      meta_writes;
+    _Atomic uint64_t      orphans;     /* big rows removed as orphans */
     _Atomic uint32_t      last_ckpt;
 };
 
@@ -189,6 +225,12 @@ kv_err_e sq_reclaim(struct kv_be *b);
 
 /* Resets what the writer's last load left stepped (its value's buffer). */
 void sq_settle(struct kv_be *b);
+
+/*
+ * Removes the big rows of ids[0, n) that no items row names (re-checked
+ * in its own write transaction); the write lead's. How many went, or -1.
+ */
+int sq_orphans_drop(struct kv_be *b, const int64_t *ids, unsigned n);
 
 /* The "stats" lines of the adapter (sq_stats.c). */
 void sq_stats(struct kv_be *b, struct kv_rd *r, store_emit_fn emit,

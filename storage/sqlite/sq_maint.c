@@ -17,12 +17,24 @@
  * frames (a worker keeps a snapshot for one pass of its event loop at
  * most, and drops it before any write), and the next commit starts the
  * WAL over.
+ *
+ * It also looks for orphaned big rows, a slice a second: rows no items
+ * row names. put and del never leave one (both rows change in one
+ * transaction, which the engine aborts whole on any failure), but damage
+ * can: an items row whose big_id was hit points elsewhere, and the row it
+ * named is then owned by nobody. Found on the maintenance connection,
+ * removed under the write lead, re-checked there; a store without
+ * orphans never writes for it.
  */
 #include "storage/sqlite/sq.h"
 
 #include <time.h>
 
 #include "storage/persist/persist.h"
+
+#define SQ_ORPHAN_USEC  (1000u * 1000u)  /* a slice at most this often */
+#define SQ_ORPHAN_SLICE 1024             /* big rows looked at per slice */
+#define SQ_ORPHAN_MAX   64u              /* orphans removed per slice */
 
 /*
  * A checkpoint in mode on the maintenance connection; *frames gets the
@@ -67,14 +79,71 @@ catch_up(void *arg)
     cu->all = checkpoint(cu->b, cu->r, cu->mode, &frames);
 }
 
+struct orphans {
+    struct kv_be *b;
+    int64_t       id[SQ_ORPHAN_MAX];
+    unsigned      n;
+};
+
+/* Under the write lead: the writer connection is ours. */
+static void
+orphans_drop(void *arg)
+{
+    struct orphans *o = arg;
+    int n = sq_orphans_drop(o->b, o->id, o->n);
+
+    if (n > 0) {
+        atomic_fetch_add_explicit(&o->b->orphans, (uint64_t)n,
+                                  memory_order_relaxed);
+    }
+}
+
+/*
+ * The next slice of big rows after the hand (wrapping at the end): any
+ * that no items row names are removed.
+ */
+static void
+orphan_slice(struct kv_be *b, struct kv_rd *r)
+{
+    sqlite3_stmt *st = sq_stmt(&r->c, SQ_ORPHANS);
+    struct orphans o = { .b = b, .n = 0 };
+    int rows = 0;
+    int rc = SQLITE_ROW;
+
+    if (st == NULL) {
+        return;
+    }
+    sqlite3_bind_int64(st, 1, b->orphan_hand);
+    sqlite3_bind_int(st, 2, SQ_ORPHAN_SLICE);
+    while (o.n < SQ_ORPHAN_MAX && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        b->orphan_hand = sqlite3_column_int64(st, 0);
+        rows++;
+        if (sqlite3_column_int(st, 1) != 0) {
+            o.id[o.n++] = b->orphan_hand;
+        }
+    }
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE && rows < SQ_ORPHAN_SLICE) {
+        b->orphan_hand = 0;
+    }
+    if (o.n > 0) {
+        b->host->exclusive(b->host->s, orphans_drop, &o);
+    }
+}
+
 void
 sq_tick(struct kv_be *b, struct kv_rd *r)
 {
     const struct kv_host *h = b->host;
     uint64_t seq = h->seq(h->s);
+    uint64_t now = persist_mono_usec();
     int64_t wal;
     int frames = 0;
 
+    if (now - b->orphan_at >= SQ_ORPHAN_USEC) {
+        b->orphan_at = now;
+        orphan_slice(b, r);
+    }
     if (seq == b->ckpt_seq && !b->ckpt_behind) {
         return;
     }

@@ -7,8 +7,11 @@
  * Design, and why:
  * - Layout: DIR/stashd.db (+ -wal, -shm while open), DIR/stashd.lock (the
  *   engine's flock, the same name lmdb uses). Table items(key BLOB PRIMARY
- *   KEY, value, flags, exptime, cas, stored, atime, fetched, sum) WITHOUT
- *   ROWID, so a get is one B-tree search; a partial index on exptime for
+ *   KEY, value, flags, exptime, cas, stored, atime, fetched, sum, big_id,
+ *   vlen) WITHOUT ROWID, so a get is one B-tree search; values longer than
+ *   SQ_INLINE_MAX in table big(id, key, value), so that no items row
+ *   spills onto overflow pages (sq.h says why that matters), a second
+ *   search by rowid for those; a partial index on exptime for
  *   the sweeper; a one-row table meta (magic, format, flush CAS and time,
  *   a CAS ceiling, item count, stored bytes, clean flag), rewritten only
  *   in the commits that need it (the engine says when), so most commits
@@ -64,6 +67,8 @@
 #define SQ_WRITER_CACHE_KB 16384
 
 #define SQ_COLS "cas, flags, exptime, stored, atime, fetched, sum"
+#define SQ_STR_(x) #x
+#define SQ_STR(x)  SQ_STR_(x)
 
 /*
  * Every statement, by id. Columns 0-6 of a row are always cas, flags,
@@ -71,13 +76,18 @@
  * bound as BLOBs, so they compare bytewise.
  */
 static const char *const sql_text[SQ_NSQL] = {
-    [SQ_GET] = "SELECT " SQ_COLS ", value FROM items WHERE key = ?1",
-    [SQ_EXPIRED] = "SELECT " SQ_COLS ", key, length(value) FROM items "
+    [SQ_GET] = "SELECT " SQ_COLS ", value, big_id, vlen FROM items "
+               "WHERE key = ?1",
+    [SQ_GETBIG] = "SELECT key, value FROM big WHERE id = ?1",
+    [SQ_ORPHANS] = "SELECT b.id, NOT EXISTS (SELECT 1 FROM items i "
+                   "WHERE i.key = b.key AND i.big_id = b.id) FROM big b "
+                   "WHERE b.id > ?1 ORDER BY b.id LIMIT ?2",
+    [SQ_EXPIRED] = "SELECT " SQ_COLS ", key, vlen FROM items "
                    "WHERE exptime != 0 AND exptime <= ?1 "
                    "ORDER BY exptime LIMIT ?2",
-    [SQ_SCAN] = "SELECT " SQ_COLS ", key, length(value) FROM items "
+    [SQ_SCAN] = "SELECT " SQ_COLS ", key, vlen FROM items "
                 "WHERE key >= ?1 ORDER BY key LIMIT ?2",
-    [SQ_SCAN0] = "SELECT " SQ_COLS ", key, length(value) FROM items "
+    [SQ_SCAN0] = "SELECT " SQ_COLS ", key, vlen FROM items "
                  "ORDER BY key LIMIT ?2",
     [SQ_PAGES] = "PRAGMA page_count",
     [SQ_FREEPAGES] = "PRAGMA freelist_count",
@@ -85,16 +95,25 @@ static const char *const sql_text[SQ_NSQL] = {
     [SQ_BEGIN] = "BEGIN IMMEDIATE",
     [SQ_COMMIT] = "COMMIT",
     [SQ_ROLLBACK] = "ROLLBACK",
-    [SQ_LOAD] = "SELECT " SQ_COLS ", length(value) FROM items "
-                "WHERE key = ?1",
-    [SQ_LOADV] = "SELECT " SQ_COLS ", value FROM items WHERE key = ?1",
+    [SQ_LOAD] = "SELECT " SQ_COLS ", vlen FROM items WHERE key = ?1",
+    [SQ_LOADV] = "SELECT " SQ_COLS ", value, big_id, vlen FROM items "
+                 "WHERE key = ?1",
     [SQ_PUT] = "INSERT OR REPLACE INTO items (key, value, flags, exptime, "
-               "cas, stored, atime, fetched, sum) "
-               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+               "cas, stored, atime, fetched, sum, big_id, vlen) "
+               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     [SQ_PUTREC] = "UPDATE items SET flags = ?2, exptime = ?3, cas = ?4, "
                   "stored = ?5, atime = ?6, fetched = ?7, sum = ?8 "
                   "WHERE key = ?1",
+    [SQ_OLDBIG] = "SELECT big_id FROM items WHERE key = ?1",
+    [SQ_BIGADD] = "INSERT INTO big (key, value) VALUES (?1, ?2)",
+    [SQ_BIGSET] = "UPDATE big SET value = ?3 WHERE id = ?1 AND key = ?2",
+    [SQ_BIGDEL] = "DELETE FROM big WHERE id = ?1 AND key = ?2",
+    [SQ_BIGDROP] = "DELETE FROM big WHERE id = (SELECT big_id FROM items "
+                   "WHERE key = ?1) AND key = ?1",
     [SQ_DEL] = "DELETE FROM items WHERE key = ?1",
+    [SQ_ORPHANDEL] = "DELETE FROM big WHERE id = ?1 AND NOT EXISTS "
+                     "(SELECT 1 FROM items i WHERE i.key = big.key AND "
+                     "i.big_id = big.id)",
     [SQ_META] = "UPDATE meta SET flush_cas = ?1, flush_time = ?2, "
                 "cas_max = ?3, items = ?4, bytes = ?5, clean = ?6 "
                 "WHERE id = 1",
@@ -123,9 +142,16 @@ static const char schema_fmt[] =
     "    stored  INTEGER NOT NULL,\n"
     "    atime   INTEGER NOT NULL,\n"
     "    fetched INTEGER NOT NULL DEFAULT 0,\n"
-    "    sum     INTEGER NOT NULL\n"
+    "    sum     INTEGER NOT NULL,\n"
+    "    big_id  INTEGER,\n"
+    "    vlen    INTEGER NOT NULL\n"
     ") WITHOUT ROWID;\n"
     "CREATE INDEX items_exptime ON items (exptime) WHERE exptime != 0;\n"
+    "CREATE TABLE big (\n"
+    "    id    INTEGER PRIMARY KEY,\n"
+    "    key   BLOB    NOT NULL,\n"
+    "    value BLOB    NOT NULL\n"
+    ");\n"
     "INSERT INTO meta VALUES (1, '" SQ_MAGIC "', %d, %u, 0, 0, 0, 0, 0, 1);"
     "\n"
     "PRAGMA application_id = %d;\n"
@@ -250,6 +276,12 @@ sq_connect(struct kv_be *b, struct sq_conn *c, bool writer,
     sqlite3_busy_handler(c->db, sq_busy,
                          (void *)(intptr_t)(writer ? SQ_BUSY_MS_WRITER
                                                    : SQ_BUSY_MS_READER));
+    if (writer && create) {
+        /* SQ_INLINE_MAX is sized for it; only a file without pages yet
+         * takes it (not once in WAL mode), so it comes first. */
+        (void)run_sql(c->db, "PRAGMA page_size = "
+                      SQ_STR(SQ_PAGE_SIZE), NULL, 0);
+    }
     if (writer) {
         /*
          * WAL: readers never block the writer nor it them. Commits are
@@ -508,13 +540,13 @@ create_schema(const struct store_cfg *cfg, struct kv_be *b)
 
 /*
  * After a crash (clean = 0) the row's items and bytes are stale: count
- * them again, one pass over the table (length() reads no value).
+ * them again, one pass over items (vlen: no value, no big row is read).
  */
 static store_rc_e
 recount(const struct store_cfg *cfg, struct kv_be *b, struct kv_meta *m)
 {
     static const char sql[] = "SELECT count(*), coalesce(sum(length(key) + "
-                              "length(value)), 0) FROM items";
+                              "vlen), 0) FROM items";
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(b->w.db, sql, -1, &st, NULL);
 
@@ -561,8 +593,9 @@ load_meta(const struct store_cfg *cfg, struct kv_be *b, struct kv_meta *m)
     m->created = (uint32_t)sqlite3_column_int64(st, 5);
     clean = sqlite3_column_int64(st, 6) != 0;
     sqlite3_finalize(st);
-    /* Every statement the writer will run: a wrong schema shows here. */
-    for (int id = SQ_SCAN; id < SQ_NSQL; id++) {
+    /* Every statement there is, prepared on the writer (readers' too:
+     * only the writer is sure to exist now): a wrong schema shows here. */
+    for (int id = 0; id < SQ_NSQL; id++) {
         if (id != SQ_PAGES && id != SQ_FREEPAGES && id != SQ_RBEGIN &&
             sq_stmt(&b->w, (sq_sql_e)id) == NULL) {
             persist_err(cfg, "%s: not the stashd schema (%s); "

@@ -5,6 +5,16 @@
  * is handed out as SQLite's column buffer, valid until its statement is
  * reset: by rd_end for a reader, by the writer's next call for the writer.
  *
+ * A value longer than SQ_INLINE_MAX is in a row of table big, which also
+ * names its key: the items row keeps an empty value, the big row's id and
+ * the length. Both rows change in the same statement sequence of one
+ * write transaction (put, del), so they never disagree but through
+ * damage; a big row that is missing, another key's or of another length
+ * than recorded makes the record KV_DAMAGED (a miss, removed), never
+ * another item's value. A big row is only ever changed or deleted by its
+ * own key, so a damaged items row cannot take another item's value with
+ * it; what damage orphans, the maintenance thread finds (sq_maint.c).
+ *
  * Read snapshots span gets: starting and ending a read transaction takes
  * and drops WAL and file locks (fcntl, and the VFS mutex the other
  * threads contend on), which per get was a quarter of the server's CPU. So
@@ -75,7 +85,8 @@ sq_rd_open(struct kv_be *b, struct kv_rd **out)
     }
     r->b = b;
     if (sq_connect(b, &r->c, false, false, NULL, 0) != SQLITE_OK ||
-        sq_stmt(&r->c, SQ_GET) == NULL || sq_stmt(&r->c, SQ_RBEGIN) == NULL ||
+        sq_stmt(&r->c, SQ_GET) == NULL || sq_stmt(&r->c, SQ_GETBIG) == NULL ||
+        sq_stmt(&r->c, SQ_RBEGIN) == NULL ||
         sq_stmt(&r->c, SQ_COMMIT) == NULL ||
         sq_stmt(&r->c, SQ_ROLLBACK) == NULL) {
         sq_disconnect(&r->c);
@@ -138,6 +149,44 @@ snap_begin(struct kv_rd *r, uint64_t seq)
     sqlite3_reset(st);
 }
 
+/*
+ * The record st is on (SQ_GET or SQ_LOADV: cas ... sum, value, big_id,
+ * vlen) into v, its value inline or read from big by big (SQ_GETBIG, left
+ * stepped: the value lives in its buffer until it is reset). b (may be
+ * NULL) as sq_err says.
+ */
+static kv_err_e
+row_value(const struct kv_be *b, sqlite3_stmt *st, sqlite3_stmt *big,
+          const void *key, size_t klen, struct kv_view *v)
+{
+    sqlite3_int64 vlen = sqlite3_column_int64(st, 9);
+    int n;
+    int rc;
+
+    sq_rec(st, 0, &v->r);
+    v->vlen = vlen > 0 ? (size_t)vlen : 0;
+    if (sqlite3_column_type(st, 8) == SQLITE_NULL) {
+        v->val = sqlite3_column_blob(st, 7);
+        n = sqlite3_column_bytes(st, 7);
+    } else {
+        sqlite3_bind_int64(big, 1, sqlite3_column_int64(st, 8));
+        rc = sqlite3_step(big);
+        if (rc != SQLITE_ROW) {
+            return rc == SQLITE_DONE ? KV_DAMAGED : sq_err(b, rc);
+        }
+        /* The key first: another item's row is damage, never its value. */
+        n = sqlite3_column_bytes(big, 0);
+        if ((size_t)n != klen ||
+            (klen > 0 && memcmp(sqlite3_column_blob(big, 0), key, klen))) {
+            return KV_DAMAGED;
+        }
+        v->val = sqlite3_column_blob(big, 1);
+        n = sqlite3_column_bytes(big, 1);
+    }
+    /* A length other than recorded would throw the byte count off. */
+    return (sqlite3_int64)n == vlen ? KV_OK : KV_DAMAGED;
+}
+
 kv_err_e
 sq_rd_get(struct kv_rd *r, uint64_t seq, const void *key, size_t klen,
           struct kv_view *v)
@@ -151,20 +200,18 @@ sq_rd_get(struct kv_rd *r, uint64_t seq, const void *key, size_t klen,
     if (rc != SQLITE_ROW) {
         return rc == SQLITE_DONE ? KV_NOTFOUND : sq_err(NULL, rc);
     }
-    sq_rec(st, 0, &v->r);
-    v->val = sqlite3_column_blob(st, 7);
-    v->vlen = (size_t)sqlite3_column_bytes(st, 7);
-    return KV_OK;
+    return row_value(NULL, st, r->c.st[SQ_GETBIG], key, klen, v);
 }
 
 void
 sq_rd_end(struct kv_rd *r)
 {
+    sqlite3_reset(r->c.st[SQ_GETBIG]);
     sqlite3_reset(r->c.st[SQ_GET]);
 }
 
 /*
- * Steps st (cas ... sum, key, length(value)) through fn; resets it. The
+ * Steps st (cas ... sum, key, vlen) through fn; resets it. The
  * SQLite result: SQLITE_DONE when it ran to the end or fn stopped it.
  */
 static int
@@ -231,9 +278,10 @@ sq_rd_expired(struct kv_rd *r, uint32_t now, unsigned limit, kv_scan_fn fn,
 void
 sq_settle(struct kv_be *b)
 {
-    if (b->wopen != NULL) {
-        sqlite3_reset(b->wopen);
-        b->wopen = NULL;
+    if (b->wopen) {
+        sqlite3_reset(b->w.st[SQ_GETBIG]);
+        sqlite3_reset(b->w.st[SQ_LOADV]);
+        b->wopen = false;
     }
 }
 
@@ -289,11 +337,14 @@ sq_load(struct kv_be *b, const void *key, size_t klen, bool with_value,
         struct kv_view *v)
 {
     sqlite3_stmt *st;
+    sqlite3_stmt *big = NULL;
+    sqlite3_int64 vlen;
     int rc;
 
     sq_settle(b);
     st = sq_stmt(&b->w, with_value ? SQ_LOADV : SQ_LOAD);
-    if (st == NULL) {
+    if (st == NULL ||
+        (with_value && (big = sq_stmt(&b->w, SQ_GETBIG)) == NULL)) {
         return KV_EIO;
     }
     sq_bind_blob(st, 1, key, klen);
@@ -303,15 +354,14 @@ sq_load(struct kv_be *b, const void *key, size_t klen, bool with_value,
         return rc == SQLITE_DONE ? KV_NOTFOUND : sq_err(b, rc);
     }
     memset(v, 0, sizeof(*v));
-    sq_rec(st, 0, &v->r);
     if (with_value) {
-        v->val = sqlite3_column_blob(st, 7);
-        v->vlen = (size_t)sqlite3_column_bytes(st, 7);
-        b->wopen = st;           /* the value lives until the next call */
-    } else {
-        v->vlen = (size_t)sqlite3_column_int64(st, 7);
-        sqlite3_reset(st);
+        b->wopen = true;         /* the value lives until the next call */
+        return row_value(b, st, big, key, klen, v);
     }
+    sq_rec(st, 0, &v->r);
+    vlen = sqlite3_column_int64(st, 7);
+    v->vlen = vlen > 0 ? (size_t)vlen : 0;
+    sqlite3_reset(st);
     return KV_OK;
 }
 
@@ -329,6 +379,79 @@ bind_rec(sqlite3_stmt *st, int i, const struct kv_rec *r)
     sqlite3_bind_int64(st, i + 6, (sqlite3_int64)r->sum);
 }
 
+/* Binds a big row's id and its key (?1, ?2) to statement id. */
+static sqlite3_stmt *
+big_stmt(struct kv_be *b, sq_sql_e id, sqlite3_int64 big, const void *key,
+         size_t klen)
+{
+    sqlite3_stmt *st = sq_stmt(&b->w, id);
+
+    if (st != NULL) {
+        sqlite3_bind_int64(st, 1, big);
+        sq_bind_blob(st, 2, key, klen);
+    }
+    return st;
+}
+
+/*
+ * The id of the big row key's items row names, if any (*has). An SQLite
+ * result code.
+ */
+static int
+old_big(struct kv_be *b, const void *key, size_t klen, sqlite3_int64 *id,
+        bool *has)
+{
+    sqlite3_stmt *st = sq_stmt(&b->w, SQ_OLDBIG);
+    int rc;
+
+    *has = false;
+    if (st == NULL) {
+        return SQLITE_ERROR;
+    }
+    sq_bind_blob(st, 1, key, klen);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+        *id = sqlite3_column_int64(st, 0);
+        *has = true;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/*
+ * Writes a large value for key: into the key's old big row (has, id)
+ * when it is one, else a new row; *id gets the row's id. An SQLite code.
+ */
+static int
+big_write(struct kv_be *b, const void *key, size_t klen, const void *v,
+          size_t vlen, bool has, sqlite3_int64 *id)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    if (has) {
+        /* Rewriting the row saves deleting one and adding another. */
+        st = big_stmt(b, SQ_BIGSET, *id, key, klen);
+        if (st == NULL) {
+            return SQLITE_ERROR;
+        }
+        sq_bind_blob(st, 3, v, vlen);
+        rc = run_done(st);
+        if (rc != SQLITE_OK || sqlite3_changes(b->w.db) == 1) {
+            return rc;
+        }
+    }
+    st = sq_stmt(&b->w, SQ_BIGADD);
+    if (st == NULL) {
+        return SQLITE_ERROR;
+    }
+    sq_bind_blob(st, 1, key, klen);
+    sq_bind_blob(st, 2, v, vlen);
+    rc = run_done(st);
+    *id = sqlite3_last_insert_rowid(b->w.db);
+    return rc;
+}
+
 kv_err_e
 sq_put(struct kv_be *b, const void *key, size_t klen, const struct kv_rec *r,
        const void *a, size_t na, const void *c, size_t nc)
@@ -336,6 +459,10 @@ sq_put(struct kv_be *b, const void *key, size_t klen, const struct kv_rec *r,
     sqlite3_stmt *st;
     const void *v = na > 0 ? a : c;
     size_t vlen = na + nc;
+    bool large = vlen > SQ_INLINE_MAX;
+    sqlite3_int64 id = 0;
+    bool has;
+    int rc;
 
     sq_settle(b);
     st = sq_stmt(&b->w, SQ_PUT);
@@ -351,9 +478,27 @@ sq_put(struct kv_be *b, const void *key, size_t klen, const struct kv_rec *r,
         memcpy(b->scratch + na, c, nc);
         v = b->scratch;
     }
+    /* A failure part-way is undone by the engine's abort (kv.h). */
+    rc = old_big(b, key, klen, &id, &has);
+    if (rc == SQLITE_OK && large) {
+        rc = big_write(b, key, klen, v, vlen, has, &id);
+    } else if (rc == SQLITE_OK && has) {
+        sqlite3_stmt *del = big_stmt(b, SQ_BIGDEL, id, key, klen);
+
+        rc = del != NULL ? run_done(del) : SQLITE_ERROR;
+    }
+    if (rc != SQLITE_OK) {
+        return sq_err(b, rc);
+    }
     sq_bind_blob(st, 1, key, klen);
-    sq_bind_blob(st, 2, v, vlen);
+    sq_bind_blob(st, 2, v, large ? 0 : vlen);
     bind_rec(st, 3, r);
+    if (large) {
+        sqlite3_bind_int64(st, 10, id);
+    } else {
+        sqlite3_bind_null(st, 10);
+    }
+    sqlite3_bind_int64(st, 11, (sqlite3_int64)vlen);
     return sq_err(b, run_done(st));
 }
 
@@ -385,6 +530,16 @@ sq_del(struct kv_be *b, const void *key, size_t klen)
     kv_err_e e;
 
     sq_settle(b);
+    st = sq_stmt(&b->w, SQ_BIGDROP);
+    if (st == NULL) {
+        return KV_EIO;
+    }
+    /* The big row first: it is found through the items row. */
+    sq_bind_blob(st, 1, key, klen);
+    e = sq_err(b, run_done(st));
+    if (e != KV_OK) {
+        return e;
+    }
     st = sq_stmt(&b->w, SQ_DEL);
     if (st == NULL) {
         return KV_EIO;
@@ -395,6 +550,30 @@ sq_del(struct kv_be *b, const void *key, size_t klen)
         return KV_NOTFOUND;
     }
     return e;
+}
+
+int
+sq_orphans_drop(struct kv_be *b, const int64_t *ids, unsigned n)
+{
+    sqlite3_stmt *st = sq_stmt(&b->w, SQ_ORPHANDEL);
+    int dropped = 0;
+
+    if (st == NULL || sq_begin(b) != KV_OK) {
+        return -1;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        sqlite3_bind_int64(st, 1, ids[i]);
+        if (run_done(st) != SQLITE_OK) {
+            sq_abort(b);
+            return -1;
+        }
+        dropped += sqlite3_changes(b->w.db);
+    }
+    if (step_once(b, SQ_COMMIT) != SQLITE_OK) {
+        sq_abort(b);
+        return -1;
+    }
+    return dropped;
 }
 
 kv_err_e

@@ -65,4 +65,5 @@ sq_stats(struct kv_be *b, struct kv_rd *r, store_emit_fn emit, void *arg)
                      atomic_load_explicit(&b->last_ckpt,
                                           memory_order_relaxed));
     persist_emit_u64(emit, arg, "sqlite_meta_writes", ld(&b->meta_writes));
+    persist_emit_u64(emit, arg, "sqlite_orphans_removed", ld(&b->orphans));
 }
