@@ -57,7 +57,7 @@ _Static_assert(SQ_ROW_MAX <= SQ_LOCAL_MAX(SQ_PAGE_SIZE),
  * use (sq_stmt) and reset after each use, so no request parses SQL.
  * Columns 0-6 of an items row are always cas, flags, exptime, stored,
  * atime, fetched, sum (sq_rec); with its value, 7-9 are value, big_id,
- * vlen (sq_rec.c's row_value).
+ * vlen (sq_rec.c's row_value), without (SQ_LOAD) 7-8 vlen, big_id.
  */
 typedef enum sq_sql {
     SQ_GET = 0,       /* reader: a row by key, with its value */
@@ -108,6 +108,13 @@ struct kv_be {
     /* The writer: the write lead's only. */
     struct sq_conn        w;
     bool                  wopen;       /* a load left a value stepped */
+    /* What the last load found of its key's big row, for a put of that
+     * key right after it (the engine's load + put) to skip a search. */
+    bool                  memo;        /* valid: no put or del since */
+    bool                  memo_has;    /* the row names a big row */
+    int64_t               memo_id;
+    size_t                memo_klen;
+    unsigned char         memo_key[STORE_KEY_MAX];
     int                   wal_now;     /* frames in the WAL (its hook) */
     int                   wal_seen;    /* ... when the disk was looked at */
     int64_t               wal_cap;     /* WAL bytes the disk allows now */

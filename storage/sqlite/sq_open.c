@@ -95,7 +95,8 @@ static const char *const sql_text[SQ_NSQL] = {
     [SQ_BEGIN] = "BEGIN IMMEDIATE",
     [SQ_COMMIT] = "COMMIT",
     [SQ_ROLLBACK] = "ROLLBACK",
-    [SQ_LOAD] = "SELECT " SQ_COLS ", vlen FROM items WHERE key = ?1",
+    [SQ_LOAD] = "SELECT " SQ_COLS ", vlen, big_id FROM items "
+                "WHERE key = ?1",
     [SQ_LOADV] = "SELECT " SQ_COLS ", value, big_id, vlen FROM items "
                  "WHERE key = ?1",
     [SQ_PUT] = "INSERT OR REPLACE INTO items (key, value, flags, exptime, "

@@ -314,6 +314,7 @@ void
 sq_abort(struct kv_be *b)
 {
     sq_settle(b);
+    b->memo = false;
     if (!sqlite3_get_autocommit(b->w.db)) {
         (void)step_once(b, SQ_ROLLBACK);
     }
@@ -325,11 +326,26 @@ sq_begin(struct kv_be *b)
     int rc;
 
     sq_settle(b);
+    b->memo = false;
     rc = step_once(b, SQ_BEGIN);
     if (rc != SQLITE_OK) {
         sq_abort(b);
     }
     return sq_err(b, rc);
+}
+
+/* Notes what a load found of key's big row (b->memo). */
+static void
+memo_note(struct kv_be *b, const void *key, size_t klen, bool has,
+          sqlite3_int64 id)
+{
+    b->memo = klen <= sizeof(b->memo_key);
+    if (b->memo) {
+        memcpy(b->memo_key, key, klen);
+        b->memo_klen = klen;
+        b->memo_has = has;
+        b->memo_id = id;
+    }
 }
 
 kv_err_e
@@ -351,9 +367,14 @@ sq_load(struct kv_be *b, const void *key, size_t klen, bool with_value,
     rc = sqlite3_step(st);
     if (rc != SQLITE_ROW) {
         sqlite3_reset(st);
+        if (rc == SQLITE_DONE) {
+            memo_note(b, key, klen, false, 0);
+        }
         return rc == SQLITE_DONE ? KV_NOTFOUND : sq_err(b, rc);
     }
     memset(v, 0, sizeof(*v));
+    memo_note(b, key, klen, sqlite3_column_type(st, 8) != SQLITE_NULL,
+              sqlite3_column_int64(st, 8));
     if (with_value) {
         b->wopen = true;         /* the value lives until the next call */
         return row_value(b, st, big, key, klen, v);
@@ -394,7 +415,8 @@ big_stmt(struct kv_be *b, sq_sql_e id, sqlite3_int64 big, const void *key,
 }
 
 /*
- * The id of the big row key's items row names, if any (*has). An SQLite
+ * The id of the big row key's items row names, if any (*has): what the
+ * load just before said, if it was of this key, else a search. An SQLite
  * result code.
  */
 static int
@@ -407,6 +429,12 @@ old_big(struct kv_be *b, const void *key, size_t klen, sqlite3_int64 *id,
     *has = false;
     if (st == NULL) {
         return SQLITE_ERROR;
+    }
+    if (b->memo && b->memo_klen == klen &&
+        memcmp(b->memo_key, key, klen) == 0) {
+        *has = b->memo_has;
+        *id = b->memo_id;
+        return SQLITE_OK;
     }
     sq_bind_blob(st, 1, key, klen);
     rc = sqlite3_step(st);
@@ -480,6 +508,7 @@ sq_put(struct kv_be *b, const void *key, size_t klen, const struct kv_rec *r,
     }
     /* A failure part-way is undone by the engine's abort (kv.h). */
     rc = old_big(b, key, klen, &id, &has);
+    b->memo = false;
     if (rc == SQLITE_OK && large) {
         rc = big_write(b, key, klen, v, vlen, has, &id);
     } else if (rc == SQLITE_OK && has) {
@@ -530,6 +559,7 @@ sq_del(struct kv_be *b, const void *key, size_t klen)
     kv_err_e e;
 
     sq_settle(b);
+    b->memo = false;
     st = sq_stmt(&b->w, SQ_BIGDROP);
     if (st == NULL) {
         return KV_EIO;
